@@ -1,0 +1,559 @@
+"""LARV's per-block weight diagnostics: effective-rank contrast, commutator coefficient, score.
+
+LARV (Wang, Deng, Dou, Bi, Lu, "Layer-wise Adaptive Rescaling Veneer", arXiv 2602.09413) scores
+every transformer block ``l = 0..L-1`` from the weights alone. With ``W0`` a pretrained matrix and
+``D`` its update (the merged update, or one task vector), this module computes, in float64:
+
+1. Effective rank (Roy & Vetterli, 2007) of an ``m x n`` matrix ``A`` with singular values
+   ``sigma_j``::
+
+       p_j = sigma_j^2 / sum_k sigma_k^2,   H(A) = -sum_j p_j ln p_j  (0 ln 0 = 0),
+       r_eff(A) = exp(H(A)),                1 <= r_eff(A) <= min(m, n).
+
+   Exact: ``sigma_j^2`` are the eigenvalues (``eigvalsh``, clamped at 0) of the Gram matrix on
+   the smaller side. Convention (ours): the zero matrix has no spectrum and gets ``r_eff = 0``.
+2. Effective-rank contrast ("information richness")::
+
+       e = r_eff(W0) / (r_eff(D) + eps),    eps = 1e-8.
+
+3. Commutator coefficient ("conflict level")::
+
+       c = 1/2 (||W0 D^T - D W0^T||_F + ||W0^T D - D^T W0||_F) / (||W0||_F ||D||_F + eps).
+
+   The large side's product is never formed. Orient ``A`` (m x n) so that ``n <= m``; with the
+   Gram matrices ``G_A = A^T A``, ``G_D = D^T D`` and ``X = A^T D`` (all n x n)::
+
+       ||A D^T - D A^T||_F^2 = 2 tr(G_A G_D) - 2 tr(X^2),
+       ||A^T D - D^T A||_F^2 = 2 ||X||_F^2   - 2 tr(X^2),
+       ||A||_F^2 = tr(G_A),  ||D||_F^2 = tr(G_D),
+
+   each square clamped at 0 before the root. ``c`` is symmetric under transposing both
+   matrices, so the orientation does not change it.
+4. Standardisation across blocks: ``z_l = (c_l - mean c) / std c`` (population std), ``z = 0``
+   when ``std < 1e-12``.
+5. Composite score::
+
+       s_l = e_l^eta * ((l + 1) / L)^rho / (1 + softplus(z_l)),   eta = 1, rho = 0.5 (ours).
+
+Block values are unweighted means over the block's diagnostic matrices (2-D floating-point
+weights with both sides > 1, see ``blocks.diagnostic_keys``), then means over the update sources
+(one merged update, or the ``T`` task vectors). Choices that are ours, not the paper's:
+
+* a matrix whose update is exactly zero is left out of its block's mean (its ``e`` would be
+  ``r_eff(W0) / eps``); a source that is zero on the whole block is left out of the mean over
+  sources; a block whose update is zero for every matrix and every source is ``zero_update``:
+  ``e = c = NaN``, no score, left out of standardisation and gating (it gets ``lambda = 1``);
+* ``conflict="pairwise"`` replaces ``(W0, D)`` with every pair of task vectors ``(tau_i, tau_j)``
+  and averages over the ``T(T-1)/2`` pairs. A matrix is left out of a pair's mean only when both
+  task vectors are zero on it; when exactly one is zero the formula gives ``c = 0`` (no overlap,
+  no conflict); a block that no task vector touches has ``c = 0``.
+
+Performance: Gram matrices are computed once per matrix and shared between ``r_eff`` and the
+commutator; eigenvalues are computed by one batched ``torch.linalg.eigvalsh`` per Gram size,
+in chunks of bounded memory, on ``device`` if given. Pretrained ranks can be memoised across runs
+with ``rank_cache`` keyed by ``rank_cache_key``. ``dtype=torch.float32`` is accepted but is not a
+validated fast path: its ``r_eff`` error against float64 is measured in
+``tests/test_diagnostics.py`` and exceeds 1e-6 relative on rank-deficient updates.
+"""
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .blocks import BlockLayout, diagnostic_keys
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "effective_rank",
+    "rank_contrast",
+    "commutator_coefficient",
+    "standardize",
+    "composite_score",
+    "BlockDiagnostics",
+    "block_diagnostics",
+    "tensor_fingerprint",
+    "rank_cache_key",
+]
+
+STD_FLOOR = 1e-12
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix-level math
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_matrices(a: Tensor, name: str) -> None:
+    if not isinstance(a, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., m, n), got {tuple(a.shape)}")
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+
+
+def _check_eps(eps: float) -> None:
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+
+
+def _orient(a: Tensor) -> Tensor:
+    """Transpose ``(..., m, n)`` so that the last side is the smaller one."""
+    return a if a.shape[-2] >= a.shape[-1] else a.mT
+
+
+def _rank_from_eigvals(eigvals: Tensor) -> Tensor:
+    """``exp`` of the entropy of the normalised spectrum ``(..., n)`` -> ``(...)``; 0 if empty."""
+    eigvals = eigvals.clamp_min(0)
+    total = eigvals.sum(-1, keepdim=True)
+    has_spectrum = total > 0
+    p = eigvals / torch.where(has_spectrum, total, torch.ones_like(total))
+    ranks = torch.exp(-torch.special.xlogy(p, p).sum(-1))
+    return torch.where(has_spectrum.squeeze(-1), ranks, torch.zeros_like(ranks))
+
+
+def _commutator_from_grams(ga: Tensor, gd: Tensor, x: Tensor, eps: float) -> Tensor:
+    """``c`` from ``G_A = A^T A``, ``G_D = D^T D`` and ``X = A^T D`` (each ``(..., n, n)``)."""
+    tr_x2 = (x * x.mT).sum((-2, -1))
+    sq_left = 2 * (ga * gd).sum((-2, -1)) - 2 * tr_x2
+    sq_right = 2 * (x * x).sum((-2, -1)) - 2 * tr_x2
+    norm_a2 = ga.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0)
+    norm_d2 = gd.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0)
+    numerator = 0.5 * (sq_left.clamp_min(0).sqrt() + sq_right.clamp_min(0).sqrt())
+    return numerator / ((norm_a2 * norm_d2).sqrt() + eps)
+
+
+def effective_rank(a: Tensor, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Effective rank ``exp(H(p))``, ``p_j = sigma_j^2 / sum sigma^2`` (Roy & Vetterli, 2007).
+
+    Args:
+        a: matrices of shape ``(..., m, n)``.
+        dtype: computation precision (float64 is the reference).
+
+    Returns:
+        ``(...)`` ranks in ``dtype``, ``1 <= r_eff <= min(m, n)``; 0 for a zero matrix.
+    """
+    _check_matrices(a, "a")
+    _check_dtype(dtype)
+    oriented = _orient(a.to(dtype))
+    return _rank_from_eigvals(torch.linalg.eigvalsh(oriented.mT @ oriented))
+
+
+def rank_contrast(w0: Tensor, d: Tensor, *, eps: float = 1e-8) -> Tensor:
+    """Effective-rank contrast ``e = r_eff(W0) / (r_eff(D) + eps)``, batched over ``(...)``.
+
+    Args:
+        w0: pretrained matrices ``(..., m, n)``.
+        d: update matrices of the same shape.
+        eps: guard of the denominator.
+
+    Returns:
+        ``(...)`` float64 contrasts.
+    """
+    _check_matrices(w0, "w0")
+    _check_matrices(d, "d")
+    _check_eps(eps)
+    return effective_rank(w0) / (effective_rank(d) + eps)
+
+
+def commutator_coefficient(a: Tensor, d: Tensor, *, eps: float = 1e-8) -> Tensor:
+    """Commutator coefficient of ``(A, D)``, batched; see the module docstring for the formula.
+
+    Only ``n x n`` products on the smaller side are formed (``A^T A``, ``D^T D``, ``A^T D``).
+
+    Args:
+        a: matrices ``(..., m, n)`` (``W0``, or ``tau_i`` for the pairwise conflict).
+        d: matrices of the same shape (``D``, or ``tau_j``).
+        eps: guard of the denominator.
+
+    Returns:
+        ``(...)`` float64 coefficients ``>= 0``: 0 when ``A D^T`` and ``A^T D`` are symmetric
+        (e.g. commuting symmetric matrices) or when either side is zero; at most 2 (``sqrt 2``
+        for a rotation by 90 degrees against the identity).
+    """
+    _check_matrices(a, "a")
+    _check_matrices(d, "d")
+    _check_eps(eps)
+    if a.shape[-2:] != d.shape[-2:]:
+        raise ValueError(f"a and d must have the same matrix shape, got {tuple(a.shape)} and "
+                         f"{tuple(d.shape)}")
+    a = _orient(a.to(torch.float64))
+    d = _orient(d.to(torch.float64))
+    return _commutator_from_grams(a.mT @ a, d.mT @ d, a.mT @ d, eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block-level scores
+# ---------------------------------------------------------------------------------------------
+
+
+def _valid_mask(values: Tensor, valid: Optional[Tensor], name: str) -> Tensor:
+    if valid is None:
+        return torch.isfinite(values)
+    valid = torch.as_tensor(valid, device=values.device)
+    if valid.dtype != torch.bool or valid.shape != values.shape:
+        raise ValueError(f"valid must be a bool tensor of shape {tuple(values.shape)} like "
+                         f"{name}, got {valid.dtype} {tuple(valid.shape)}")
+    return valid
+
+
+def standardize(c: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """``z = (c - mean c) / std c`` over the valid blocks (population std).
+
+    Args:
+        c: ``(L,)`` commutator coefficients.
+        valid: ``(L,)`` bool mask of the blocks that take part; default: the finite entries.
+
+    Returns:
+        ``(L,)`` float64; ``z = 0`` for every valid block when ``std < 1e-12``; NaN for invalid
+        blocks (so that a missing value can never pass for an average one).
+    """
+    c = torch.as_tensor(c, dtype=torch.float64)
+    if c.ndim != 1:
+        raise ValueError(f"c must be a 1-D tensor, got shape {tuple(c.shape)}")
+    valid = _valid_mask(c, valid, "c")
+    z = torch.full_like(c, math.nan)
+    if not bool(valid.any()):
+        return z
+    values = c[valid]
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"c must be finite on the valid blocks, got {c.tolist()}")
+    std = values.std(correction=0)
+    if float(std) < STD_FLOOR:
+        z[valid] = 0.0
+    else:
+        z[valid] = (values - values.mean()) / std
+    return z
+
+
+def composite_score(
+    e: Tensor,
+    z: Tensor,
+    *,
+    eta: float = 1.0,
+    rho: float = 0.5,
+    valid: Optional[Tensor] = None,
+) -> Tensor:
+    """``s_l = e_l^eta * ((l + 1) / L)^rho / (1 + softplus(z_l))``, ``L = len(e)``.
+
+    ``L`` counts every block, zero-update ones included, so the depth prior of a block does not
+    depend on which other blocks were updated.
+
+    Args:
+        e: ``(L,)`` effective-rank contrasts.
+        z: ``(L,)`` standardised commutator coefficients.
+        eta: exponent of ``e`` (default 1: ours).
+        rho: exponent of the depth prior (default 0.5: ours; 0 removes the prior).
+        valid: ``(L,)`` bool mask; default: blocks where both ``e`` and ``z`` are finite.
+
+    Returns:
+        ``(L,)`` float64 scores, NaN for invalid blocks.
+    """
+    e = torch.as_tensor(e, dtype=torch.float64)
+    z = torch.as_tensor(z, dtype=torch.float64)
+    if e.ndim != 1 or e.shape != z.shape:
+        raise ValueError(f"e and z must be 1-D of the same length, got {tuple(e.shape)} and "
+                         f"{tuple(z.shape)}")
+    for name, value in (("eta", eta), ("rho", rho)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if valid is None:
+        valid = torch.isfinite(e) & torch.isfinite(z)
+    else:
+        valid = _valid_mask(e, valid, "e")
+    num_blocks = e.shape[0]
+    depth = torch.arange(1, num_blocks + 1, dtype=torch.float64) / max(num_blocks, 1)
+    scores = e.pow(eta) * depth.pow(rho) / (1 + F.softplus(z))
+    return torch.where(valid, scores, torch.full_like(scores, math.nan))
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-model diagnostics
+# ---------------------------------------------------------------------------------------------
+
+
+def tensor_fingerprint(tensor: Tensor) -> str:
+    """A content digest of a tensor: BLAKE2b (128 bit) of its dtype, shape and raw bytes.
+
+    Exact (any changed element changes it, up to hash collisions) and cheap next to an
+    eigendecomposition: one pass over the bytes (GPU tensors are copied to the CPU first).
+    """
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous().reshape(-1)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{t.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(t.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def rank_cache_key(
+    name: str, tensor: Tensor, dtype: torch.dtype = torch.float64
+) -> Tuple[str, Tuple[int, ...], str, str]:
+    """Key of ``block_diagnostics``' ``rank_cache``: (name, shape, content digest, precision)."""
+    return (name, tuple(tensor.shape), tensor_fingerprint(tensor), str(dtype))
+
+
+class _RankQueue:
+    """Gram matrices waiting for their eigenvalues, grouped by size; flushed in chunks.
+
+    ``push`` returns a slot; after ``flush`` the effective rank of every slot is in ``ranks``.
+    """
+
+    def __init__(self, chunk_bytes: int):
+        self.chunk_bytes = chunk_bytes
+        self.pending: Dict[Tuple[int, torch.dtype, torch.device], List[Tuple[int, Tensor]]] = {}
+        self.ranks: Dict[int, float] = {}
+        self.num_slots = 0
+
+    def _new_slot(self) -> int:
+        self.num_slots += 1
+        return self.num_slots - 1
+
+    def put(self, value: float) -> int:
+        slot = self._new_slot()
+        self.ranks[slot] = value
+        return slot
+
+    def push(self, gram: Tensor) -> int:
+        slot = self._new_slot()
+        group = (gram.shape[-1], gram.dtype, gram.device)
+        queue = self.pending.setdefault(group, [])
+        queue.append((slot, gram))
+        if len(queue) * gram.numel() * gram.element_size() >= self.chunk_bytes:
+            self._flush_group(group)
+        return slot
+
+    def _flush_group(self, group) -> None:
+        queue = self.pending.pop(group, [])
+        if not queue:
+            return
+        slots = [slot for slot, _ in queue]
+        grams = torch.stack([gram for _, gram in queue])
+        queue.clear()
+        ranks = _rank_from_eigvals(torch.linalg.eigvalsh(grams))
+        self.ranks.update(zip(slots, ranks.double().cpu().tolist()))
+
+    def flush(self) -> None:
+        for group in list(self.pending):
+            self._flush_group(group)
+
+
+class _KeyMatrices:
+    """The matrices of one parameter (``W0`` and its updates), oriented so that the last side is
+    the smaller one, in the computation precision; each Gram matrix is computed once."""
+
+    def __init__(self, key: str, w0: Tensor, *, device, dtype: torch.dtype):
+        self.key = key
+        self.shape = w0.shape
+        self.device = device if device is not None else w0.device
+        self.dtype = dtype
+        self._matrices: Dict[int, Tuple[Tensor, Tensor]] = {}
+        self._grams: Dict[int, Tensor] = {}
+
+    def matrix(self, t: Tensor) -> Tensor:
+        if id(t) not in self._matrices:
+            if t.shape != self.shape:
+                raise ValueError(f"update of {self.key!r} has shape {tuple(t.shape)}, "
+                                 f"the pretrained matrix {tuple(self.shape)}")
+            # keep `t` referenced so that its id stays unique while cached
+            self._matrices[id(t)] = (t, _orient(t.to(device=self.device, dtype=self.dtype)))
+        return self._matrices[id(t)][1]
+
+    def gram(self, t: Tensor) -> Tensor:
+        if id(t) not in self._grams:
+            m = self.matrix(t)
+            self._grams[id(t)] = m.mT @ m
+        return self._grams[id(t)]
+
+    def commutator(self, a: Tensor, d: Tensor, eps: float) -> Tensor:
+        x = self.matrix(a).mT @ self.matrix(d)
+        return _commutator_from_grams(self.gram(a), self.gram(d), x, eps)
+
+
+@dataclass
+class BlockDiagnostics:
+    """Per-block diagnostics in depth order.
+
+    Attributes:
+        e: ``(L,)`` float64 effective-rank contrasts; NaN where ``zero_update``.
+        c: ``(L,)`` float64 commutator coefficients; NaN where ``zero_update``.
+        zero_update: ``(L,)`` bool, the blocks whose update is exactly zero everywhere.
+    """
+
+    e: Tensor
+    c: Tensor
+    zero_update: Tensor
+
+
+def _mean(values: List[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def block_diagnostics(
+    pretrained: Mapping[str, Tensor],
+    updates: Sequence[Mapping[str, Tensor]],
+    layout: BlockLayout,
+    *,
+    conflict: str = "base",
+    conflict_updates: Optional[Sequence[Mapping[str, Tensor]]] = None,
+    eps: float = 1e-8,
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float64,
+    rank_cache: Optional[MutableMapping] = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> BlockDiagnostics:
+    """Effective-rank contrast ``e`` and commutator coefficient ``c`` of every block.
+
+    Per block: the unweighted mean over its diagnostic matrices, then the mean over update
+    sources (or over task-vector pairs for ``conflict="pairwise"``). See the module docstring
+    for the formulas and for how zero updates are handled.
+
+    Args:
+        pretrained: pretrained weights ``W0`` by name.
+        updates: the sources of ``D``: ``[merged update]`` (``source=merged``) or
+            ``[tau_1, ..., tau_T]`` (``source=task_vectors``); each holds at least the diagnostic
+            matrices of every block.
+        layout: the blocks (``blocks.find_blocks``).
+        conflict: ``"base"``: ``c(W0, D)`` per source; ``"pairwise"``: ``c(tau_i, tau_j)`` over
+            the pairs of ``conflict_updates``.
+        conflict_updates: the task vectors of the pairwise conflict (default: ``updates``);
+            at least two.
+        eps: guard of the denominators of ``e`` and ``c``.
+        device: where to compute (default: where the tensors are).
+        dtype: precision of Gram matrices and eigenvalues (float64 is the reference).
+        rank_cache: optional mapping ``rank_cache_key(name, W0, dtype) -> r_eff(W0)``, read and
+            filled, so pretrained ranks are computed once across runs.
+        chunk_bytes: memory bound of one batched ``eigvalsh`` call (default 256 MiB).
+
+    Returns:
+        The ``BlockDiagnostics``.
+
+    Raises:
+        ValueError: bad ``conflict``, fewer than two pairwise updates, no update, a block without
+            diagnostic matrices, or an update whose shape differs from the pretrained matrix.
+        KeyError: an update lacks a diagnostic matrix.
+    """
+    # 1. Validate.
+    if conflict not in ("base", "pairwise"):
+        raise ValueError(f"conflict must be 'base' or 'pairwise', got {conflict!r}")
+    updates = list(updates)
+    if not updates:
+        raise ValueError("updates must hold at least one update (merged update or task vector)")
+    if conflict == "pairwise":
+        conflict_updates = updates if conflict_updates is None else list(conflict_updates)
+        if len(conflict_updates) < 2:
+            raise ValueError(
+                "conflict='pairwise' needs at least two task vectors in conflict_updates, "
+                f"got {len(conflict_updates)}"
+            )
+    _check_eps(eps)
+    _check_dtype(dtype)
+    if not (isinstance(chunk_bytes, int) and chunk_bytes > 0):
+        raise ValueError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
+
+    queue = _RankQueue(chunk_bytes)
+    num_blocks = layout.num_blocks
+    # Per block: per source the (slot of r_eff(W0), slot of r_eff(D)) of non-zero matrices; per
+    # conflict term (source or pair) the indices of its c values in `c_values`.
+    rank_slots: List[List[List[Tuple[int, int]]]] = []
+    c_terms: List[List[List[int]]] = []
+    c_values: List[Tensor] = []
+    to_cache: List[Tuple[int, tuple]] = []
+
+    for block in layout.blocks:
+        keys = diagnostic_keys(block, pretrained)
+        if not keys:
+            raise ValueError(f"block {block.index} ({block.prefix!r}) has no diagnostic matrix "
+                             "(2-D floating-point weight with both sides > 1)")
+        block_ranks: List[List[Tuple[int, int]]] = [[] for _ in updates]
+        num_terms = len(updates) if conflict == "base" else math.comb(len(conflict_updates), 2)
+        block_c: List[List[int]] = [[] for _ in range(num_terms)]
+        for key in keys:
+            w0 = pretrained[key]
+            mats = _KeyMatrices(key, w0, device=device, dtype=dtype)
+            ds = [_get_update(u, key, "updates") for u in updates]
+            nonzero = [bool(torch.any(d)) for d in ds]
+            if not any(nonzero) and conflict == "base":
+                continue
+            # 3. Effective ranks (deferred to batched eigvalsh) of W0 and every non-zero D.
+            if any(nonzero):
+                cache_key = rank_cache_key(key, w0, dtype) if rank_cache is not None else None
+                if cache_key is not None and cache_key in rank_cache:
+                    slot_w0 = queue.put(float(rank_cache[cache_key]))
+                else:
+                    slot_w0 = queue.push(mats.gram(w0))
+                    if cache_key is not None:
+                        to_cache.append((slot_w0, cache_key))
+                for source, (d, nz) in enumerate(zip(ds, nonzero)):
+                    if nz:
+                        block_ranks[source].append((slot_w0, queue.push(mats.gram(d))))
+            # 4. Commutator coefficients.
+            if conflict == "base":
+                for source, (d, nz) in enumerate(zip(ds, nonzero)):
+                    if nz:
+                        block_c[source].append(len(c_values))
+                        c_values.append(mats.commutator(w0, d, eps))
+            else:
+                taus = [_get_update(u, key, "conflict_updates") for u in conflict_updates]
+                tau_nonzero = [bool(torch.any(t)) for t in taus]
+                for pair, (i, j) in enumerate(combinations(range(len(taus)), 2)):
+                    if not (tau_nonzero[i] or tau_nonzero[j]):
+                        continue
+                    block_c[pair].append(len(c_values))
+                    if tau_nonzero[i] and tau_nonzero[j]:
+                        c_values.append(mats.commutator(taus[i], taus[j], eps))
+                    else:
+                        c_values.append(torch.zeros((), dtype=torch.float64))
+        rank_slots.append(block_ranks)
+        c_terms.append(block_c)
+
+    # 5. Eigenvalues of everything still queued; fill the cache.
+    queue.flush()
+    ranks = queue.ranks
+    for slot, cache_key in to_cache:
+        rank_cache[cache_key] = ranks[slot]
+    c_flat = (
+        torch.stack([v.to(device="cpu", dtype=torch.float64) for v in c_values]).tolist()
+        if c_values else []
+    )
+
+    # 6. Block means: over matrices, then over sources / pairs.
+    e = torch.full((num_blocks,), math.nan, dtype=torch.float64)
+    c = torch.full((num_blocks,), math.nan, dtype=torch.float64)
+    zero_update = torch.zeros(num_blocks, dtype=torch.bool)
+    for index in range(num_blocks):
+        per_source = [
+            _mean([ranks[s0] / (ranks[sd] + eps) for s0, sd in pairs])
+            for pairs in rank_slots[index] if pairs
+        ]
+        if not per_source:
+            zero_update[index] = True
+            continue
+        e[index] = _mean(per_source)
+        per_term = [_mean([c_flat[i] for i in term]) for term in c_terms[index] if term]
+        c[index] = _mean(per_term) if per_term else 0.0
+    if bool(zero_update.any()):
+        log.info("Blocks with an exactly zero update (no score): %s",
+                 zero_update.nonzero().flatten().tolist())
+    return BlockDiagnostics(e=e, c=c, zero_update=zero_update)
+
+
+def _get_update(update: Mapping[str, Tensor], key: str, name: str) -> Tensor:
+    try:
+        return update[key]
+    except KeyError:
+        raise KeyError(f"{name}: an update lacks the diagnostic matrix {key!r}") from None

@@ -1,0 +1,222 @@
+"""The tiny CLIP of ``tinyclip_synth*``: tokenizer, architecture, pretraining and fine-tuning.
+
+- Tokenizer: a hand-made character-level CLIP BPE vocabulary (every byte symbol, alone and as
+  a word end ``</w>``) with an empty merges file, so no download is ever needed.
+- Pretraining: the symmetric contrastive (InfoNCE) loss of CLIP (Radford et al., 2021) on
+  generated images and captions covering the attributes of every task of the suite.
+- Fine-tuning: the task-vector papers' recipe (Ilharco et al., 2023, "Editing models with task
+  arithmetic"): the whole vision tower is trained with cross-entropy against a *frozen*
+  zero-shot head (the text tower's class embeddings averaged over the prompt templates, as
+  FusionBench's ``HFCLIPClassifier`` computes them); the visual projection stays frozen too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    CLIPVisionModel,
+)
+from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+log = logging.getLogger(__name__)
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# OpenAI CLIP's pixel statistics, so the processor looks like the real one.
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass
+class ModelSize:
+    """Architecture of the tiny CLIP (vision tower shaped like a ViT-B: 12 blocks)."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 12
+    vision_heads: int = 4
+    text_hidden: int = 64
+    text_layers: int = 3
+    text_heads: int = 4
+    projection_dim: int = 64
+    max_text_len: int = 128
+
+
+def build_processor(path: Path, size: ModelSize) -> CLIPProcessor:
+    """Write a character-level CLIP tokenizer + image processor to ``path`` and return it."""
+    path.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + [BOS, EOS])}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        str(path / "vocab.json"),
+        str(path / "merges.txt"),
+        model_max_length=size.max_text_len,
+        pad_token=EOS,
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
+        image_mean=IMAGE_MEAN,
+        image_std=IMAGE_STD,
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_clip(size: ModelSize, tokenizer: CLIPTokenizer) -> CLIPModel:
+    """A randomly initialised ``CLIPModel`` (call ``torch.manual_seed`` first)."""
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=size.text_hidden,
+        intermediate_size=4 * size.text_hidden,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        max_position_embeddings=size.max_text_len,
+        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
+        pad_token_id=tokenizer.convert_tokens_to_ids(EOS),
+    )
+    vision = dict(
+        hidden_size=size.vision_hidden,
+        intermediate_size=4 * size.vision_hidden,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+    )
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=size.projection_dim)
+    return CLIPModel(config)
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` → normalised ``[N, 3, H, W]`` float (what the processor outputs)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _optimizer(params, lr: float, weight_decay: float, steps: int):
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps, warmup))
+    return opt, sched
+
+
+def pretrain(
+    model: CLIPModel,
+    processor: CLIPProcessor,
+    images: np.ndarray,
+    captions: Sequence[str],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+) -> List[float]:
+    """Contrastive image-caption pretraining in place; returns the loss curve."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = processor.tokenizer(list(captions), padding=True, truncation=True, return_tensors="pt")
+    pixels = to_pixels(images)
+    opt, sched = _optimizer(model.parameters(), lr, weight_decay, steps)
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), desc="pretrain tiny CLIP", leave=False, dynamic_ncols=True)
+    for _ in bar:
+        idx = torch.randint(len(pixels), (batch_size,), generator=gen)
+        ids, mask = tokens["input_ids"][idx], tokens["attention_mask"][idx]
+        keep = int(mask.sum(1).max())  # trim the batch's padding
+        out = model(input_ids=ids[:, :keep], attention_mask=mask[:, :keep], pixel_values=pixels[idx], return_loss=True)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def zeroshot_head(model: CLIPModel, processor: CLIPProcessor, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Class embeddings ``[C, D]`` exactly as ``fusion_bench.models.hf_clip.HFCLIPClassifier``."""
+    model.eval()
+    rows = []
+    for name in classnames:
+        inputs = processor.tokenizer([t.format(name) for t in templates], padding=True, return_tensors="pt")
+        emb = model.text_projection(model.text_model(**inputs)[1])
+        emb = F.normalize(emb, dim=-1).mean(0)
+        rows.append(F.normalize(emb, dim=-1))
+    return torch.stack(rows)
+
+
+def vision_logits(model: CLIPModel, vision: torch.nn.Module, head: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    emb = model.visual_projection(vision(pixel_values=pixels).pooler_output)
+    return model.logit_scale.exp() * F.normalize(emb, dim=-1) @ head.t()
+
+
+def finetune(
+    model: CLIPModel,
+    head: torch.Tensor,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    desc: str = "fine-tune",
+) -> CLIPVisionModel:
+    """Fine-tune a copy of ``model``'s vision tower against the frozen head; returns it."""
+    tower = CLIPVisionModel(model.config.vision_config)
+    tower.vision_model.load_state_dict(model.vision_model.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    pixels, targets = to_pixels(images), torch.from_numpy(labels)
+    opt, sched = _optimizer(tower.parameters(), lr, weight_decay, steps)
+    tower.train()
+    bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True)
+    for _ in bar:
+        idx = torch.randint(len(pixels), (batch_size,), generator=gen)
+        loss = F.cross_entropy(vision_logits(model, tower, head, pixels[idx]), targets[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tower.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    tower.eval()
+    return tower
+
+
+@torch.no_grad()
+def accuracy(model: CLIPModel, vision: torch.nn.Module, head: torch.Tensor, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of ``vision`` with the zero-shot ``head`` (quick in-process check)."""
+    vision.eval()
+    pixels = to_pixels(images)
+    preds = torch.cat([vision_logits(model, vision, head, pixels[i : i + 512]).argmax(-1) for i in range(0, len(pixels), 512)])
+    return float((preds.numpy() == labels).mean())

@@ -1,0 +1,583 @@
+"""The procedurally generated image-classification suite behind ``tinyclip_synth*``.
+
+Every image is a 32×32 RGB *scene* drawn from one generative model: a background colour and
+texture, one or more objects (a geometric shape, an arrow, a bar, or a glyph rendered with one
+of matplotlib's bundled fonts), a fill style, a position and size, a global brightness and a
+corruption ("noise"). A task labels **one** attribute of the scene and randomises the others, so
+the 20 tasks share one image distribution but ask different questions of it, the way TA8 /
+TALL20 mix object, texture, digit and scene recognition. One task (``handwritten_digits``) is
+real data: scikit-learn's bundled 8×8 handwritten digits (UCI), upscaled.
+
+Scenes also carry every attribute as text, which :func:`caption` turns into a CLIP-style
+caption for contrastive pretraining (all 20 tasks' vocabularies appear in the captions).
+
+Determinism: everything is drawn from ``numpy.random.default_rng`` seeded by
+``(seed, task index, split)``; the same seed gives byte-identical images.
+
+``TASK_NAMES`` is ordered so that its first 8 / 14 / 20 entries form the ``tinyclip_synth8`` /
+``14`` / ``20`` suites (mirroring TA8 / TALL14 / TALL20).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+IMAGE_SIZE = 32
+_CANVAS = 64  # scenes are drawn at 2× and downsampled (anti-aliasing)
+
+# --- vocabularies -------------------------------------------------------------------------
+FG_COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 80, 235),
+    "yellow": (235, 220, 50),
+    "purple": (150, 60, 190),
+    "orange": (245, 140, 30),
+    "cyan": (50, 215, 225),
+    "pink": (245, 130, 200),
+}
+BG_COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "black": (15, 15, 15),
+    "white": (240, 240, 240),
+    "grey": (125, 125, 125),
+    "navy": (20, 30, 95),
+    "maroon": (105, 20, 35),
+    "teal": (15, 100, 100),
+}
+SHAPES = ["circle", "square", "triangle", "star", "cross", "hexagon"]
+TEXTURES = ["plain", "striped", "checkered", "dotted", "gridded", "wavy"]
+POSITIONS = ["top left", "top right", "bottom left", "bottom right", "center"]
+SIZES = ["tiny", "small", "medium", "large"]
+_SIZE_PX = {"tiny": 14, "small": 22, "medium": 32, "large": 46}  # on the 64-px canvas
+NOISES = ["clean", "grainy", "salt and pepper", "blurry", "pixelated"]
+BRIGHTNESS = ["very dark", "dark", "normal", "bright"]
+_BRIGHTNESS_GAIN = {"very dark": 0.3, "dark": 0.6, "normal": 1.0, "bright": 1.5}
+ORIENTATIONS = ["horizontal", "vertical", "rising diagonal", "falling diagonal"]
+_ORIENTATION_DEG = {"horizontal": 0, "vertical": 90, "rising diagonal": 45, "falling diagonal": 135}
+ARROWS = ["up", "down", "left", "right"]
+_ARROW_DEG = {"right": 0, "up": 90, "left": 180, "down": 270}
+COUNTS = ["one", "two", "three", "four", "five"]
+FILLS = ["filled", "outlined"]
+DIGITS = [str(d) for d in range(10)]
+LETTERS = list("ABCDEFGHJK")
+SYMBOLS = {
+    "spade": "\u2660",
+    "club": "\u2663",
+    "heart": "\u2665",
+    "diamond": "\u2666",
+    "star": "\u2605",
+    "sun": "\u2600",
+    "umbrella": "\u2602",
+    "musical note": "\u266a",
+}
+GREEK = {
+    "alpha": "\u03b1",
+    "beta": "\u03b2",
+    "gamma": "\u03b3",
+    "delta": "\u03b4",
+    "lambda": "\u03bb",
+    "pi": "\u03c0",
+    "sigma": "\u03c3",
+    "omega": "\u03c9",
+}
+# font style name -> matplotlib font file
+FONTS = {
+    "sans-serif": "DejaVuSans.ttf",
+    "serif": "DejaVuSerif.ttf",
+    "monospace": "DejaVuSansMono.ttf",
+    "bold": "DejaVuSans-Bold.ttf",
+    "italic": "DejaVuSerif-Italic.ttf",
+}
+_TEXT_FONTS = ["sans-serif", "serif", "monospace", "bold", "italic"]
+
+
+@functools.lru_cache(maxsize=None)
+def _font(style: str, size: int) -> ImageFont.FreeTypeFont:
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / FONTS[style]
+    return ImageFont.truetype(str(ttf), size)
+
+
+# --- scenes -------------------------------------------------------------------------------
+@dataclass
+class Obj:
+    """One object of a scene. ``kind`` is shape | arrow | bar | glyph."""
+
+    kind: str
+    name: str  # shape name, arrow direction, orientation, or the glyph's class name
+    colour: str
+    size: str
+    cx: float
+    cy: float
+    angle: float = 0.0
+    fill: str = "filled"
+    char: str = ""  # glyph only
+    font: str = "sans-serif"  # glyph only
+    glyph_type: str = ""  # digit | letter | symbol | greek (glyph only)
+
+
+@dataclass
+class Scene:
+    background: str
+    texture: str
+    objects: List[Obj]
+    noise: str = "clean"
+    brightness: str = "normal"
+    position: Optional[str] = None  # set when the object was placed in a named region
+    count: Optional[str] = None  # set when the scene is a counting scene
+    extra: Dict[str, str] = field(default_factory=dict)  # free phrases (e.g. handwritten)
+
+
+def _rgb(table, name, rng, jitter=18):
+    base = np.array(table[name], dtype=np.float64)
+    return tuple(int(v) for v in np.clip(base + rng.integers(-jitter, jitter + 1, 3), 0, 255))
+
+
+def _centre_for(position: Optional[str], half: float, rng) -> Tuple[float, float]:
+    """A centre (canvas px) inside the named region, or anywhere the object fits."""
+    lo, hi = half + 1, _CANVAS - half - 1
+    if position is None:
+        return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
+    mid = _CANVAS / 2
+    if position == "center":
+        return float(mid + rng.uniform(-3, 3)), float(mid + rng.uniform(-3, 3))
+    left = "left" in position
+    top = "top" in position
+    x = rng.uniform(lo, max(lo, mid - half * 0.6)) if left else rng.uniform(min(hi, mid + half * 0.6), hi)
+    y = rng.uniform(lo, max(lo, mid - half * 0.6)) if top else rng.uniform(min(hi, mid + half * 0.6), hi)
+    return float(x), float(y)
+
+
+def _polygon(name: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
+    def pts(radii, n, offset=0.0):
+        return [
+            (
+                cx + radii[i % len(radii)] * math.cos(math.radians(angle + offset + 360 * i / n)),
+                cy - radii[i % len(radii)] * math.sin(math.radians(angle + offset + 360 * i / n)),
+            )
+            for i in range(n)
+        ]
+
+    if name == "square":
+        return pts([r * 1.05], 4, 45)
+    if name == "triangle":
+        return pts([r * 1.1], 3, 90)
+    if name == "hexagon":
+        return pts([r], 6)
+    if name == "star":
+        return pts([r * 1.1, r * 0.45], 10, 90)
+    if name == "cross":
+        a, b = r, r * 0.35
+        base = [(-b, a), (b, a), (b, b), (a, b), (a, -b), (b, -b), (b, -a), (-b, -a), (-b, -b), (-a, -b), (-a, b), (-b, b)]
+    elif name == "arrow":
+        base = [(-r, -0.22 * r), (0.15 * r, -0.22 * r), (0.15 * r, -0.6 * r), (r, 0), (0.15 * r, 0.6 * r), (0.15 * r, 0.22 * r), (-r, 0.22 * r)]
+    elif name == "bar":
+        base = [(-r, -0.16 * r), (r, -0.16 * r), (r, 0.16 * r), (-r, 0.16 * r)]
+    else:
+        raise ValueError(f"unknown polygon {name!r}")
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    return [(cx + x * c - y * s, cy - (x * s + y * c)) for x, y in base]
+
+
+def _draw_texture(draw: ImageDraw.ImageDraw, texture: str, colour, rng) -> None:
+    n, step = _CANVAS, int(rng.integers(8, 13))
+    off = int(rng.integers(0, step))
+    if texture == "striped":
+        for x in range(-n, 2 * n, step):
+            draw.polygon([(x + off, 0), (x + off + step // 2, 0), (x + off + step // 2, n), (x + off, n)], fill=colour)
+    elif texture == "checkered":
+        for i in range(-1, n // step + 2):
+            for j in range(-1, n // step + 2):
+                if (i + j) % 2 == 0:
+                    x0, y0 = i * step + off, j * step + off
+                    draw.rectangle([x0, y0, x0 + step - 1, y0 + step - 1], fill=colour)
+    elif texture == "dotted":
+        for x in range(off - step, n + step, step):
+            for y in range(off - step, n + step, step):
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    elif texture == "gridded":
+        for x in range(off - step, n + step, step):
+            draw.line([(x, 0), (x, n)], fill=colour, width=2)
+            draw.line([(0, x), (n, x)], fill=colour, width=2)
+    elif texture == "wavy":
+        amp, period = rng.uniform(3, 6), rng.uniform(14, 22)
+        for y0 in range(off - step, n + step, step):
+            pts = [(x, y0 + amp * math.sin(2 * math.pi * x / period)) for x in range(0, n + 1, 2)]
+            draw.line(pts, fill=colour, width=3)
+    elif texture != "plain":
+        raise ValueError(f"unknown texture {texture!r}")
+
+
+def _draw_object(img: Image.Image, obj: Obj, rng) -> None:
+    colour = _rgb(FG_COLOURS, obj.colour, rng)
+    px = _SIZE_PX[obj.size] * rng.uniform(0.9, 1.1)
+    if obj.kind == "glyph":
+        layer = Image.new("L", (_CANVAS * 2, _CANVAS * 2), 0)
+        d = ImageDraw.Draw(layer)
+        font = _font(obj.font, max(8, int(px * 1.25)))
+        d.text((_CANVAS, _CANVAS), obj.char, font=font, fill=255, anchor="mm")
+        if obj.fill == "outlined":
+            layer = layer.filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 60 else 0)
+        layer = layer.rotate(obj.angle, resample=Image.BILINEAR, center=(_CANVAS, _CANVAS))
+        box = (int(_CANVAS - obj.cx), int(_CANVAS - obj.cy))
+        layer = layer.crop((box[0], box[1], box[0] + _CANVAS, box[1] + _CANVAS))
+        img.paste(Image.new("RGB", img.size, colour), (0, 0), layer)
+        return
+    draw = ImageDraw.Draw(img)
+    r = px / 2
+    if obj.kind == "shape" and obj.name == "circle":
+        bbox = [obj.cx - r, obj.cy - r, obj.cx + r, obj.cy + r]
+        if obj.fill == "filled":
+            draw.ellipse(bbox, fill=colour)
+        else:
+            draw.ellipse(bbox, outline=colour, width=3)
+        return
+    name = obj.name if obj.kind == "shape" else obj.kind
+    poly = _polygon(name, obj.cx, obj.cy, r, obj.angle)
+    if obj.fill == "filled":
+        draw.polygon(poly, fill=colour)
+    else:
+        draw.line(poly + [poly[0]], fill=colour, width=3, joint="curve")
+
+
+def _apply_noise(arr: np.ndarray, noise: str, rng) -> np.ndarray:
+    if noise == "grainy":
+        arr = arr + rng.normal(0, 28, arr.shape)
+    elif noise == "salt and pepper":
+        mask = rng.random(arr.shape[:2])
+        arr = arr.copy()
+        arr[mask < 0.06] = 0
+        arr[mask > 0.94] = 255
+    elif noise == "blurry":
+        arr = np.asarray(Image.fromarray(arr.astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.3)), dtype=np.float64)
+    elif noise == "pixelated":
+        small = Image.fromarray(arr.astype(np.uint8)).resize((8, 8), Image.BILINEAR)
+        arr = np.asarray(small.resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST), dtype=np.float64)
+    elif noise != "clean":
+        raise ValueError(f"unknown noise {noise!r}")
+    return arr
+
+
+def render(scene: Scene, rng) -> np.ndarray:
+    """Draw a scene as a ``(32, 32, 3)`` uint8 array."""
+    bg = _rgb(BG_COLOURS, scene.background, rng)
+    img = Image.new("RGB", (_CANVAS, _CANVAS), bg)
+    if scene.texture != "plain":
+        tint = 0.55 if sum(bg) > 380 else 1.0
+        tex = tuple(int(np.clip(v * tint + (0 if tint < 1 else 70), 0, 255)) for v in bg)
+        _draw_texture(ImageDraw.Draw(img), scene.texture, tex, rng)
+    for obj in scene.objects:
+        _draw_object(img, obj, rng)
+    arr = np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float64)
+    arr = arr * _BRIGHTNESS_GAIN[scene.brightness]
+    arr = _apply_noise(arr, scene.noise, rng)
+    return np.clip(arr, 0, 255).round().astype(np.uint8)
+
+
+# --- captions -----------------------------------------------------------------------------
+def _object_phrase(obj: Obj, rng) -> str:
+    words = []
+    if rng.random() < 0.6:
+        words.append(obj.size)
+    if rng.random() < 0.7:
+        words.append(obj.colour)
+    if obj.fill == "outlined" or rng.random() < 0.3:
+        words.append(obj.fill)
+    if obj.kind == "shape":
+        words.append(obj.name)
+    elif obj.kind == "arrow":
+        words.append(f"arrow pointing {obj.name}")
+    elif obj.kind == "bar":
+        words.append(f"{obj.name} bar")
+    else:
+        t = obj.glyph_type
+        if t == "digit":
+            parity = "even" if int(obj.name) % 2 == 0 else "odd"
+            words.append(rng.choice([f"digit {obj.name}", f"{parity} digit {obj.name}", f"number {obj.name}"]))
+        elif t == "letter":
+            case = "lowercase" if obj.char.islower() else "uppercase"
+            words.append(rng.choice([f"letter {obj.name}", f"{case} letter {obj.name}"]))
+        elif t == "symbol":
+            words.append(f"{obj.name} symbol")
+        else:
+            words.append(f"greek letter {obj.name}")
+        if rng.random() < 0.5:
+            words.append(f"in {obj.font} font")
+    return " ".join(words)
+
+
+def caption(scene: Scene, rng) -> str:
+    """A random CLIP-style caption naming a random subset of the scene's attributes."""
+    if "handwritten" in scene.extra:
+        core = f"handwritten digit {scene.extra['handwritten']}"
+    elif scene.count is not None:
+        obj = scene.objects[0]
+        noun = obj.name + ("s" if scene.count != "one" else "")
+        core = f"{scene.count} {obj.colour} {noun}" if rng.random() < 0.6 else f"{scene.count} {noun}"
+    else:
+        core = _object_phrase(scene.objects[0], rng)
+        if scene.position is not None and rng.random() < 0.7:
+            core += f" at the {scene.position}"
+    parts = [core]
+    if rng.random() < 0.6:
+        tex = "" if scene.texture == "plain" else f"{scene.texture} "
+        parts.append(f"on a {scene.background} {tex}background")
+    elif scene.texture != "plain" and rng.random() < 0.5:
+        parts.append(f"on a {scene.texture} background")
+    if scene.noise != "clean" and rng.random() < 0.7:
+        parts.append(f", {scene.noise}")
+    if scene.brightness != "normal" and rng.random() < 0.7:
+        parts.append(f", {scene.brightness}")
+    lead = rng.choice(["a photo of a", "an image of a", "a", "a picture of a"])
+    text = " ".join([lead] + parts).replace(" ,", ",")
+    return text.replace("  ", " ")
+
+
+# --- tasks --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskSpec:
+    """One classification task: its class names, prompt templates and scene sampler."""
+
+    name: str
+    classnames: Tuple[str, ...]
+    templates: Tuple[str, ...]
+    sample: Callable[[int, np.random.Generator], Scene]  # (label, rng) -> scene
+
+
+def _nuisance(rng, p_texture=0.35, p_noise=0.2, p_dim=0.15) -> dict:
+    return {
+        "background": rng.choice(list(BG_COLOURS)),
+        "texture": rng.choice(TEXTURES[1:]) if rng.random() < p_texture else "plain",
+        "noise": rng.choice(NOISES[1:]) if rng.random() < p_noise else "clean",
+        "brightness": rng.choice(["dark", "bright"]) if rng.random() < p_dim else "normal",
+    }
+
+
+def _obj(rng, kind="shape", name=None, size=None, position=None, **kw) -> Tuple[Obj, Optional[str]]:
+    size = size or rng.choice(["small", "medium", "large"])
+    cx, cy = _centre_for(position, _SIZE_PX[size] / 2, rng)
+    kw.setdefault("colour", rng.choice(list(FG_COLOURS)))
+    kw.setdefault("angle", float(rng.uniform(-20, 20)))
+    return Obj(kind=kind, name=name or rng.choice(SHAPES), size=size, cx=cx, cy=cy, **kw), position
+
+
+def _single(rng, nuisance: Optional[dict] = None, **obj_kw) -> Scene:
+    obj, position = _obj(rng, **obj_kw)
+    return Scene(objects=[obj], position=position, **(nuisance or _nuisance(rng)))
+
+
+def _glyph(rng, name, char, glyph_type, font=None, **kw) -> Scene:
+    font = font or rng.choice(_TEXT_FONTS)
+    kw.setdefault("size", rng.choice(["medium", "large"]))
+    kw.setdefault("angle", float(rng.uniform(-12, 12)))
+    return _single(rng, kind="glyph", name=name, char=char, glyph_type=glyph_type, font=font, **kw)
+
+
+def _digit_scene(label, rng):
+    return _glyph(rng, DIGITS[label], DIGITS[label], "digit")
+
+
+def _counting_scene(label, rng):
+    k = label + 1
+    nuis = _nuisance(rng, p_noise=0.1)
+    name, colour = rng.choice(SHAPES), rng.choice(list(FG_COLOURS))
+    cells = rng.choice(9, size=k, replace=False)
+    objs = []
+    for c in cells:
+        cx = (c % 3 + 0.5) * _CANVAS / 3 + rng.uniform(-3, 3)
+        cy = (c // 3 + 0.5) * _CANVAS / 3 + rng.uniform(-3, 3)
+        objs.append(Obj("shape", name, colour, "tiny", cx, cy, angle=float(rng.uniform(-20, 20))))
+    return Scene(objects=objs, count=COUNTS[label], **nuis)
+
+
+def _letter_scene(label, rng):
+    return _glyph(rng, LETTERS[label], LETTERS[label], "letter")
+
+
+def _case_scene(label, rng):
+    letter = rng.choice(LETTERS)
+    char = letter if label == 0 else letter.lower()
+    return _glyph(rng, letter, char, "letter")
+
+
+def _parity_scene(label, rng):
+    digit = int(rng.choice([1, 3, 5, 7, 9] if label == 0 else [0, 2, 4, 6, 8]))
+    return _glyph(rng, str(digit), str(digit), "digit")
+
+
+def _font_scene(label, rng):
+    letter = rng.choice(LETTERS + [c.lower() for c in LETTERS])
+    return _glyph(rng, letter.upper(), letter, "letter", font=_TEXT_FONTS[label], size="large", angle=float(rng.uniform(-5, 5)))
+
+
+def _symbol_scene(label, rng):
+    name = list(SYMBOLS)[label]
+    return _glyph(rng, name, SYMBOLS[name], "symbol", font="sans-serif")
+
+
+def _greek_scene(label, rng):
+    name = list(GREEK)[label]
+    return _glyph(rng, name, GREEK[name], "greek", font=rng.choice(["sans-serif", "serif", "bold"]))
+
+
+def _any_object(rng, **kw) -> Scene:
+    """A random object of any kind (used by attribute tasks)."""
+    pick = rng.random()
+    if pick < 0.55:
+        return _single(rng, **kw)
+    if pick < 0.7:
+        return _single(rng, kind="arrow", name=rng.choice(ARROWS), **kw)
+    kw.setdefault("size", rng.choice(["medium", "large"]))
+    if pick < 0.85:
+        d = rng.choice(DIGITS)
+        return _glyph(rng, d, d, "digit", **kw)
+    letter = rng.choice(LETTERS)
+    return _glyph(rng, letter, letter, "letter", **kw)
+
+
+def _attr_task(attr: str, values: Sequence[str]):
+    """Label an attribute of the scene (background, texture, noise, brightness)."""
+
+    def sample(label, rng):
+        nuis = _nuisance(rng)
+        nuis[attr] = values[label]
+        if attr == "texture":
+            nuis["noise"] = "clean"
+        return _any_object(rng, nuisance=nuis, size=rng.choice(["small", "medium"]))
+
+    return sample
+
+
+def _arrow_scene(label, rng):
+    name = ARROWS[label]
+    return _single(rng, kind="arrow", name=name, angle=float(_ARROW_DEG[name] + rng.uniform(-12, 12)))
+
+
+def _orientation_scene(label, rng):
+    name = ORIENTATIONS[label]
+    return _single(rng, kind="bar", name=name, size=rng.choice(["medium", "large"]), angle=float(_ORIENTATION_DEG[name] + rng.uniform(-8, 8)))
+
+
+def _fill_scene(label, rng):
+    return _single(rng, fill=FILLS[label], size=rng.choice(["medium", "large"]))
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits() -> Tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target
+
+
+def sklearn_digit_image(idx: int, rng) -> Tuple[np.ndarray, int]:
+    """UCI handwritten digit ``idx`` (8×8, 0-16) upscaled to a 32×32 RGB image with a random tint."""
+    images, targets = _sklearn_digits()
+    grey = Image.fromarray((images[idx] * (255 / 16)).astype(np.uint8)).resize((24, 24), Image.BICUBIC)
+    canvas = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    canvas.paste(grey, (4 + int(rng.integers(-2, 3)), 4 + int(rng.integers(-2, 3))))
+    ink = np.asarray(canvas, dtype=np.float64)[..., None] / 255
+    fg = np.array(_rgb(FG_COLOURS, rng.choice(list(FG_COLOURS)), rng) if rng.random() < 0.3 else (245, 245, 245), dtype=np.float64)
+    arr = ink * fg + (1 - ink) * 10
+    return np.clip(arr, 0, 255).round().astype(np.uint8), int(targets[idx])
+
+
+_HANDWRITTEN = "handwritten_digits"
+_TEST_FRACTION_HANDWRITTEN = 0.2
+
+TASKS: Dict[str, TaskSpec] = {}
+
+
+def _register(name, classnames, templates, sample):
+    TASKS[name] = TaskSpec(name, tuple(classnames), tuple(templates), sample)
+
+
+# The first 8 / 14 / 20 form the synth8 / synth14 / synth20 suites.
+_register("shapes", SHAPES, ["a photo of a {}.", "a {} shape.", "an image of a {}."], lambda y, rng: _single(rng, name=SHAPES[y]))
+_register("colors", list(FG_COLOURS), ["a photo of a {} object.", "something {}.", "a {} shape."], lambda y, rng: _any_object(rng, colour=list(FG_COLOURS)[y]))
+_register("digits", DIGITS, ['a photo of the number: "{}".', "a photo of the digit {}.", "the number {}."], _digit_scene)
+_register(_HANDWRITTEN, DIGITS, ["a photo of the handwritten digit {}.", "handwritten digit {}."], None)
+_register("textures", TEXTURES, ["a photo of a {} background.", "a {} texture.", "a {} pattern."], _attr_task("texture", TEXTURES))
+_register("letters", LETTERS, ['a photo of the letter "{}".', "the letter {}.", "a photo of the uppercase letter {}."], _letter_scene)
+_register("position", POSITIONS, ["a photo of an object at the {}.", "a shape at the {}.", "something in the {}."], lambda y, rng: _any_object(rng, position=POSITIONS[y], size="small"))
+_register("counting", COUNTS, ["a photo of {} objects.", "{} shapes.", "a picture of {} things."], _counting_scene)
+# synth14
+_register("orientation", ORIENTATIONS, ["a photo of a {} bar.", "a {} line.", "a {} stripe."], _orientation_scene)
+_register("size", SIZES, ["a photo of a {} object.", "a {} shape.", "a {} thing."], lambda y, rng: _any_object(rng, size=SIZES[y]))
+_register("noise", NOISES, ["a {} photo.", "a {} image.", "a photo that is {}."], _attr_task("noise", NOISES))
+_register("background", list(BG_COLOURS), ["a photo on a {} background.", "an object on {}.", "a {} background."], _attr_task("background", list(BG_COLOURS)))
+_register("fonts", _TEXT_FONTS, ["a letter in {} font.", "text in a {} font.", "a photo of {} type."], _font_scene)
+_register("arrows", ARROWS, ["a photo of an arrow pointing {}.", "an arrow pointing {}.", "a {} arrow."], _arrow_scene)
+# synth20
+_register("symbols", list(SYMBOLS), ["a photo of a {} symbol.", "a {} sign.", "the {} symbol."], _symbol_scene)
+_register("greek", list(GREEK), ["a photo of the greek letter {}.", "the greek letter {}.", "the symbol {}."], _greek_scene)
+_register("brightness", BRIGHTNESS, ["a {} photo.", "a {} image.", "a photo that is {}."], _attr_task("brightness", BRIGHTNESS))
+_register("parity", ["odd", "even"], ["a photo of an {} digit.", "an {} number.", "a {} number."], _parity_scene)
+_register("fill", FILLS, ["a photo of a {} shape.", "a {} object.", "something {}."], _fill_scene)
+_register("case", ["uppercase", "lowercase"], ["a photo of an {} letter.", "an {} letter.", "a {} character."], _case_scene)
+
+TASK_NAMES: Tuple[str, ...] = tuple(TASKS)
+SUITES: Dict[int, Tuple[str, ...]] = {8: TASK_NAMES[:8], 14: TASK_NAMES[:14], 20: TASK_NAMES[:20]}
+
+
+def task_seed(seed: int, task: str, split: str) -> np.random.SeedSequence:
+    """Independent, order-free random stream for ``(seed, task, split)``."""
+    return np.random.SeedSequence([seed, zlib.crc32(task.encode()), zlib.crc32(split.encode())])
+
+
+def generate(task: str, split: str, n: int, seed: int, with_captions: bool = False):
+    """Generate ``n`` labelled images of ``task``.
+
+    Args:
+        task: a name in ``TASK_NAMES``.
+        split: ``"train"``, ``"test"`` or ``"pretrain"``; each has its own random stream, and
+            ``handwritten_digits`` uses disjoint halves of the UCI digits for test and the rest.
+        n: number of images (classes are balanced up to rounding; ``handwritten_digits`` is
+            capped by the data available in its split).
+        seed: the suite seed.
+        with_captions: also return one random caption per image (for pretraining).
+
+    Returns:
+        ``(images uint8 [n, 32, 32, 3], labels int64 [n])`` and, with captions, a list of str.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; known: {list(TASK_NAMES)}")
+    spec = TASKS[task]
+    rng = np.random.default_rng(task_seed(seed, task, split))
+    images, labels, captions = [], [], []
+    if task == _HANDWRITTEN:
+        total = len(_sklearn_digits()[1])
+        order = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(total)
+        n_test = int(total * _TEST_FRACTION_HANDWRITTEN)
+        pool = order[:n_test] if split == "test" else order[n_test:]
+        for idx in rng.permutation(pool)[:n]:
+            img, y = sklearn_digit_image(int(idx), rng)
+            images.append(img)
+            labels.append(y)
+            if with_captions:
+                captions.append(caption(Scene("black", "plain", [], extra={"handwritten": str(y)}), rng))
+    else:
+        k = len(spec.classnames)
+        ys = rng.permutation(np.arange(n) % k)
+        for y in ys:
+            scene = spec.sample(int(y), rng)
+            images.append(render(scene, rng))
+            labels.append(int(y))
+            if with_captions:
+                captions.append(caption(scene, rng))
+    out = (np.stack(images), np.asarray(labels, dtype=np.int64))
+    return (*out, captions) if with_captions else out
+
+
+def prompts(task: str) -> Tuple[List[str], List[str]]:
+    """``(classnames, templates)`` of a task; templates have one ``{}`` placeholder."""
+    spec = TASKS[task]
+    return list(spec.classnames), list(spec.templates)

@@ -1,0 +1,431 @@
+"""reproduce-larv: dry-run commands, sweep grouping, launcher configs, resumable program.
+
+The dry-run tests expand every printed ``fusion_bench --multirun`` command independently (a
+Hydra basic-sweeper product over comma-separated values) and compare the resulting jobs with
+the experiment's grid, so a grouping bug can neither lose nor add a job. The end-to-end
+multirun tests on the embedded benchmark are at the bottom (they need the LARV method configs
+and the ``tinyclip`` harness fixture of ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fusion_bench_larv import programs, reproduce
+from fusion_bench_larv.reproduce import MERGERS
+
+REPO = Path(__file__).resolve().parents[1]
+ALIASES8 = ["clip-vit-base-patch32_TA8", "clip-vit-base-patch16_TA8", "clip-vit-large-patch14_TA8"]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: run the CLI in dry-run mode and expand its commands like Hydra's basic sweeper
+# ---------------------------------------------------------------------------------------------
+
+
+def split_top_level(value: str):
+    """Split a sweep value on commas outside brackets (``[0.6,1.0],[0.8,1.2]`` → 2 items)."""
+    out, depth, cur = [], 0, ""
+    for ch in value:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return out
+
+
+SWEEPABLE = {"modelpool", "method", "method.tiers", "+corruption", "+individual_task"}
+
+
+def expand(cmd):
+    """Jobs (dicts of identity overrides) of one printed command."""
+    args = shlex.split(cmd)
+    assert args[:2] == ["fusion_bench", "--multirun"], cmd
+    axes = []
+    for a in args[2:]:
+        k, v = a.split("=", 1)
+        if k.startswith("hydra") or k in ("_target_", "path.log_dir"):
+            continue
+        vals = split_top_level(v) if k in SWEEPABLE else [v]
+        axes.append([(k, x) for x in vals])
+    return [dict(p) for p in itertools.product(*axes)]
+
+
+def dry_run(capsys, *argv):
+    assert reproduce.main([*argv, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    commands = [line for line in lines if line.startswith("fusion_bench ")]
+    summary = lines[-1]
+    jobs = [j for c in commands for j in expand(c)]
+    assert summary.startswith("# ") and f"{len(jobs)} jobs in {len(commands)} fusion_bench" in summary
+    keys = [tuple(sorted(j.items())) for j in jobs]
+    assert len(set(keys)) == len(keys), "a job appears twice"
+    return commands, jobs
+
+
+def variant_of(job):
+    m = job["method"]
+    for spec in MERGERS.values():
+        if m == spec.larv_method:
+            return spec.key, "larv"
+        if m == spec.bare_method:
+            return spec.key, "bare"
+    raise AssertionError(m)
+
+
+# ---------------------------------------------------------------------------------------------
+# dry runs of the real-checkpoint experiments
+# ---------------------------------------------------------------------------------------------
+
+
+def test_main_table_is_36_runs(capsys):
+    commands, jobs = dry_run(capsys, "main")
+    assert len(jobs) == 3 * 6 * 2 == 36
+    assert Counter(j["modelpool"] for j in jobs) == {a: 12 for a in ALIASES8}
+    assert Counter(variant_of(j) for j in jobs) == {(m, v): 3 for m in MERGERS for v in ("bare", "larv")}
+    assert all("taskpool" not in j for j in jobs)  # each alias selects its own task pool
+    # bare runs carry the LARV configs' base hyperparameters (fair comparison)
+    for j in jobs:
+        merger, variant = variant_of(j)
+        extra = {k: v for k, v in j.items() if k.startswith("method.")}
+        assert extra == (dict(MERGERS[merger].bare_overrides) if variant == "bare" else {})
+    iso = [j for j in jobs if j["method"] == "isotropic_merging/iso_c"]
+    assert {j["method.scaling_factor"] for j in iso} == {"1.5"}
+    for c in commands:
+        assert "_target_=fusion_bench_larv.programs.ResumableFusionProgram" in c
+        assert "${hydra:job.override_dirname}" in c
+
+
+def test_main_expand_prints_one_command_per_job(capsys):
+    commands, jobs = dry_run(capsys, "main", "--expand")
+    assert len(commands) == len(jobs) == 36
+
+
+def test_tall_tables(capsys):
+    _, jobs = dry_run(capsys, "tall")
+    assert len(jobs) == 3 * 2 * 6 * 2
+    assert {j["modelpool"] for j in jobs} == {f"clip-vit-{b}_{s}" for b in ("base-patch32", "base-patch16", "large-patch14")
+                                              for s in ("TALL14", "TALL20")}
+
+
+def test_filters(capsys):
+    _, jobs = dry_run(capsys, "main", "--backbones", "b16", "--mergers", "iso_c", "tsvm", "--variants", "larv")
+    assert sorted(j["method"] for j in jobs) == ["larv_iso_c", "larv_tsvm"]
+    assert {j["modelpool"] for j in jobs} == {"clip-vit-base-patch16_TA8"}
+    _, jobs = dry_run(capsys, "main", "--tasks", "8", "20", "--backbones", "l14", "--mergers", "ties_merging")
+    assert {j["modelpool"] for j in jobs} == {"clip-vit-large-patch14_TA8", "clip-vit-large-patch14_TALL20"}
+    assert len(jobs) == 4
+
+
+def test_gate_ablation(capsys):
+    _, jobs = dry_run(capsys, "gates")
+    assert len(jobs) == 6 * (5 + 1)
+    larv = [j for j in jobs if variant_of(j)[1] == "larv"]
+    gates = Counter((j["method.gate"], j.get("method.tiers"), j.get("method.tier_assignment")) for j in larv)
+    assert gates == {("tiered", "[0.6,1.0,1.2]", "score"): 6, ("tiered", "[0.8,1.2]", "score"): 6,
+                     ("continuous", None, None): 6, ("linear_depth", None, None): 6,
+                     ("tiered", "[0.6,1.0,1.2]", "depth"): 6}
+    assert {j["modelpool"] for j in jobs} == {"clip-vit-base-patch32_TA8"}
+
+
+def test_tier_sensitivity_grid(capsys):
+    commands, jobs = dry_run(capsys, "tiers", "--mid", "0.8", "1.0", "--deep", "1.2", "1.4", "1.6")
+    assert len(jobs) == 2 * 3 + 1
+    tiers = sorted(j["method.tiers"] for j in jobs if "method.tiers" in j)
+    assert tiers == sorted(f"[0.6,{m},{d}]" for m in ("0.8", "1.0") for d in ("1.2", "1.4", "1.6"))
+    assert [j for j in jobs if "method.tiers" not in j] == [
+        {"modelpool": "clip-vit-base-patch32_TA8", "method": "isotropic_merging/iso_c", "method.scaling_factor": "1.5"}]
+    assert len(commands) == 2  # the whole grid is one sweep
+    _, jobs = dry_run(capsys, "tiers")
+    assert len(jobs) == 5 * 5 + 1
+
+
+def test_diagnostics_needs_no_evaluation(capsys):
+    _, jobs = dry_run(capsys, "diagnostics")
+    assert len(jobs) == 2 * 5
+    assert {j["taskpool"] for j in jobs} == {"dummy"}
+    assert {j["modelpool"] for j in jobs} == {"clip-vit-base-patch32_TA8", "clip-vit-base-patch16_TA8"}
+    assert all(variant_of(j)[1] == "larv" for j in jobs)
+
+
+def test_robustness(capsys):
+    _, jobs = dry_run(capsys, "robustness")
+    assert len(jobs) == 7 * 6 * 2
+    assert {j["modelpool"] for j in jobs} == {"CLIPVisionModelPool/clip-vit-base-patch32_robustness_corrupted"}
+    assert {j["taskpool"] for j in jobs} == {"CLIPVisionModelTaskPool/clip-vit-base-patch32_robustness_corrupted"}
+    assert Counter(j["+corruption"] for j in jobs) == {c: 12 for c in (
+        "motion_blur", "impulse_noise", "gaussian_noise", "pixelate", "spatter", "contrast", "jpeg_compression")}
+
+
+def test_generalization(capsys):
+    _, jobs = dry_run(capsys, "generalization")
+    assert len(jobs) == 2 * 6 * 2
+    assert Counter(j["modelpool"] for j in jobs) == {
+        "CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp1": 12,
+        "CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp2": 12}
+    assert {j["taskpool"] for j in jobs} == {"CLIPVisionModelTaskPool/clip-vit-classification_TA8"}
+
+
+def test_nlp(capsys):
+    _, jobs = dry_run(capsys, "nlp")
+    assert len(jobs) == 6 * 2
+    assert {j["modelpool"] for j in jobs} == {"Seq2SeqLMPool/flan-t5-base_glue_lora16"}
+    assert {j["taskpool"] for j in jobs} == {"flan-t5_glue_text_generation"}
+    for j in jobs:
+        assert ("method.block_pattern" in j) == (variant_of(j)[1] == "larv")
+        assert j.get("method.block_pattern", "t5") == "t5"
+
+
+def test_individual_and_all(capsys):
+    _, jobs = dry_run(capsys, "individual")
+    assert len(jobs) == 3 * 8
+    assert {j["method"] for j in jobs} == {"dummy"}
+    _, all_jobs = dry_run(capsys, "all")
+    # identical jobs (e.g. the bare B/32 baselines of main, gates and tiers) are listed once
+    assert len(all_jobs) == 36 + 72 + (36 - 6) + 25 + 10 + 84 + 24 + 12 + 24
+
+
+def test_tinyclip_suite(capsys):
+    _, jobs = dry_run(capsys, "main", "--suite", "tinyclip")
+    assert {j["modelpool"] for j in jobs} == {"tinyclip_synth8"} and len(jobs) == 12
+    _, jobs = dry_run(capsys, "tall", "--suite", "tinyclip")
+    assert {j["modelpool"] for j in jobs} == {"tinyclip_synth14", "tinyclip_synth20"}
+    with pytest.raises(SystemExit):
+        reproduce.main(["robustness", "--suite", "tinyclip", "--dry-run"])
+
+
+def test_launcher_and_plumbing_flags(capsys):
+    commands, _ = dry_run(capsys, "main", "--mergers", "iso_c", "--launcher", "joblib", "--n-jobs", "2",
+                          "--gpus", "0", "1", "--plumbing", "taskpool.dataloader_kwargs.num_workers=0", "method.eta=2")
+    for c in commands:
+        args = shlex.split(c)
+        assert "hydra/launcher=joblib" in args and "hydra.launcher.n_jobs=2" in args and "+gpus=[0,1]" in args
+        assert "taskpool.dataloader_kwargs.num_workers=0" in args and "method.eta=2" in args
+        excl = [a for a in args if a.startswith("hydra.job.config.override_dirname.exclude_keys=")][0]
+        assert "taskpool.dataloader_kwargs.num_workers" in excl and "method.eta" not in excl
+    commands, _ = dry_run(capsys, "main", "--launcher", "slurm", "--launcher-arg", "hydra.launcher.partition=a100")
+    assert all("hydra/launcher=larv_slurm" in c and "hydra.launcher.partition=a100" in c for c in commands)
+
+
+def test_group_into_sweeps_never_adds_jobs():
+    J = reproduce._job
+    jobs = [J(("modelpool", "a"), ("method", "x")), J(("modelpool", "b"), ("method", "x")),
+            J(("modelpool", "a"), ("method", "y"))]  # not a full product
+    sweeps = reproduce.group_into_sweeps("t", jobs, ("method", "modelpool"))
+    expanded = [tuple(sorted(zip(s.keys, combo))) for s in sweeps
+                for combo in itertools.product(*(s.values[k] for k in s.keys))]
+    assert sorted(expanded) == sorted(tuple(sorted(j.overrides)) for j in jobs)
+    full = jobs + [J(("modelpool", "b"), ("method", "y"))]
+    assert len(reproduce.group_into_sweeps("t", full, ("method", "modelpool"))) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# config names exist: compose every distinct (modelpool, taskpool, method) of the dry runs
+# ---------------------------------------------------------------------------------------------
+
+
+def _compose(overrides):
+    from importlib.util import find_spec
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_dir = list(find_spec("fusion_bench_config").submodule_search_locations)[0]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return compose("fabric_model_fusion", overrides=overrides)
+
+
+def _larv_configs_available():
+    return (REPO / "config" / "method" / "larv_iso_c.yaml").exists()
+
+
+@pytest.mark.parametrize("experiment", ["main", "tall", "gates", "tiers", "diagnostics", "robustness",
+                                        "generalization", "nlp", "individual"])
+def test_dry_run_names_compose(capsys, experiment):
+    argv = [experiment] if _larv_configs_available() else [experiment, "--variants", "bare"]
+    if experiment == "diagnostics" and not _larv_configs_available():
+        pytest.skip("LARV method configs not there yet")
+    _, jobs = dry_run(capsys, *argv)
+    seen = set()
+    for j in jobs:
+        key = (j["modelpool"], j.get("taskpool"), j["method"])
+        if key in seen:
+            continue
+        seen.add(key)
+        ov = [f"{k}={v}" for k, v in j.items() if k not in ("+individual_task", "modelpool.models._pretrained_")]
+        cfg = _compose(ov)
+        assert "_target_" in cfg.method
+        if j.get("taskpool") != "dummy":
+            assert cfg.taskpool is not None and cfg.taskpool != {}
+        if j["modelpool"].startswith("clip-vit-") and j["modelpool"].endswith(("TALL14", "TALL20")):
+            bb = j["modelpool"].split("_")[0]
+            assert cfg.taskpool.base_model == f"openai/{bb}"  # the alias picked the matching text tower
+
+
+def test_bare_hyperparameters_match_larv_base_configs():
+    if not _larv_configs_available():
+        pytest.skip("LARV method configs not there yet")
+    for spec in MERGERS.values():
+        cfg = _compose([f"method={spec.larv_method}"])
+        base = cfg.method.base_method
+        for k, v in spec.bare_overrides:
+            assert float(base[k.split(".", 1)[1]]) == float(v), (spec.key, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# launcher configs compose through the real CLI
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("launcher,expected", [
+    ("larv_slurm", {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+                    "partition": "gpu", "gpus_per_node": 1, "timeout_min": 240}),
+    ("larv_joblib", {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}),
+])
+def test_launcher_config_composes(tmp_path, launcher, expected):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from omegaconf import OmegaConf
+
+    exe = reproduce.fusion_bench_executable()
+    out = subprocess.run(exe + [f"hydra/launcher={launcher}", "--cfg", "hydra"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = OmegaConf.create(out.stdout)
+    for k, v in expected.items():
+        assert cfg.hydra.launcher[k] == v
+    assert cfg.hydra.runtime.choices["hydra/launcher"] == launcher
+
+
+# ---------------------------------------------------------------------------------------------
+# ResumableFusionProgram: skip, atomic writes, GPU claims (no model is loaded)
+# ---------------------------------------------------------------------------------------------
+
+
+def make_program(tmp_path, **kwargs):
+    from omegaconf import DictConfig
+
+    return programs.ResumableFusionProgram(
+        method=DictConfig({"_target_": "fusion_bench.method.DummyAlgorithm"}),
+        modelpool=DictConfig({"_target_": "fusion_bench.modelpool.BaseModelPool", "models": {}}),
+        taskpool=None,
+        path=DictConfig({"log_dir": str(tmp_path / "job"), "output_dir": str(tmp_path)}),
+        report_save_path="{log_dir}/program_report.json",
+        print_config=False,
+        **kwargs,
+    )
+
+
+def test_resolve_report_path():
+    assert programs.resolve_report_path("{log_dir}/r.json", "/x") == "/x/r.json"
+    assert programs.resolve_report_path("/abs/r.json", None) == "/abs/r.json"
+    assert programs.resolve_report_path("{log_dir}/r.json", None) is None
+    assert programs.resolve_report_path(None, "/x") is None
+
+
+def test_skips_job_with_finished_report(tmp_path, monkeypatch):
+    prog = make_program(tmp_path)
+    report = tmp_path / "job" / "program_report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"average": {"accuracy": 0.5}}))
+    before = report.stat()
+
+    def boom(self):
+        raise AssertionError("a finished job must not run again")
+
+    monkeypatch.setattr(programs.FabricModelFusionProgram, "run", boom)
+    result = prog.run()
+    assert result["skipped"] is True and result["report"] == {"average": {"accuracy": 0.5}}
+    after = report.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sorted(os.listdir(report.parent)) == ["program_report.json"]
+
+
+def test_runs_and_writes_atomically(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(self):
+        seen["path"] = self.report_save_path
+        assert not (tmp_path / "job" / "program_report.json").exists()
+        with open(self.report_save_path, "w") as f:
+            json.dump({"average": {"accuracy": 0.7}}, f)
+        return {"merged_model": None, "report": {"average": {"accuracy": 0.7}}}
+
+    monkeypatch.setattr(programs.FabricModelFusionProgram, "run", fake_run)
+    prog = make_program(tmp_path, corruption="contrast")
+    prog.run()
+    job = tmp_path / "job"
+    assert seen["path"] != str(job / "program_report.json")  # written under a temporary name
+    assert Path(seen["path"]).parent == job
+    assert json.loads((job / "program_report.json").read_text()) == {"average": {"accuracy": 0.7}}
+    assert json.loads((job / "job.json").read_text())["corruption"] == "contrast"
+    assert sorted(os.listdir(job)) == ["job.json", "program_report.json"]  # no temp files left
+
+
+def test_crash_leaves_no_report_and_rerun_happens(tmp_path, monkeypatch):
+    def crash(self):
+        with open(self.report_save_path, "w") as f:
+            f.write('{"average": ')  # killed half-way through the write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(programs.FabricModelFusionProgram, "run", crash)
+    with pytest.raises(KeyboardInterrupt):
+        make_program(tmp_path).run()
+    assert not (tmp_path / "job" / "program_report.json").exists()
+    # a truncated report (e.g. from a plain FusionBench run) is not taken as finished
+    (tmp_path / "job" / "program_report.json").write_text('{"average": ')
+    calls = []
+    monkeypatch.setattr(programs.FabricModelFusionProgram, "run", lambda self: calls.append(1) or {})
+    make_program(tmp_path).run()
+    assert calls == [1]
+
+
+def test_skip_existing_false_forces_rerun(tmp_path, monkeypatch):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "program_report.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(programs.FabricModelFusionProgram, "run", lambda self: calls.append(1) or {})
+    make_program(tmp_path, skip_existing=False).run()
+    assert calls == [1]
+    with pytest.raises(TypeError):
+        make_program(tmp_path, skip_existing="no")
+
+
+def test_gpu_claims_are_exclusive(tmp_path):
+    a = programs.GpuClaim([3, 5], tmp_path)
+    b = programs.GpuClaim([3, 5], tmp_path)
+    c = programs.GpuClaim([3, 5], tmp_path, poll_s=0.01)
+    assert a.acquire() == 3
+    assert b.acquire() == 5
+    with pytest.raises(TimeoutError):
+        c.acquire(timeout_s=0.05)
+    a.release()
+    assert c.acquire(timeout_s=1) == 3
+    b.release()
+    c.release()
+    with pytest.raises(ValueError):
+        programs.GpuClaim([], tmp_path)
+
+
+def test_script_wrappers_call_main():
+    for script, module in (("reproduce_paper.py", "reproduce"), ("make_tables.py", "tables")):
+        out = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert ("reproduce-larv" if module == "reproduce" else "make-larv-tables") in out.stdout
