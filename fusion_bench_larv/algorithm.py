@@ -1,0 +1,456 @@
+"""LARV as a FusionBench algorithm: wraps ANY task-vector merger given as ``base_method``.
+
+LARV (Layer-wise Adaptive Rescaling Veneer; Wang, Deng, Dou, Bi, Lu, arXiv 2602.09413) gives
+every transformer block ℓ a data-free scale λ_ℓ computed from the weights alone and rescales
+that block's task vectors (``apply: pre``) or, equivalently for mergers that are positively
+homogeneous per block, the block's merged update (``apply: post``, the default):
+
+    θ = θ0 + λ ⊙ M(θ0, {τ_t})           (post)
+    θ = M(θ0, {λ ⊙ τ_t})                (pre, the paper's literal "before aggregation")
+
+The definitions (diagnostics e, c, score s, gates) follow the project's LARV_SPEC; the math
+lives in ``diagnostics.py`` and ``gates.py``, the name → block → scale resolution in
+``blocks.py`` and ``veneer.py``. This module only loads, calls the base merger, applies the
+schedule, records and returns.
+
+Which defaults are the paper's: the tiered gate as the main variant, 2 or 3 levels, the
+continuous gate as an ablation. Which are ours (the paper's full text is not available):
+the tier values [0.6, 1.0, 1.2], η = 1, ρ = 0.5, the continuous gate's a = 0.5 and γ = 3, the
+LiNeS-style α = β = 0.6, ``non_block_scale`` = 1, ``source: merged`` and ``apply: post``.
+"""
+
+import copy
+import logging
+import math
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from fusion_bench import BaseAlgorithm, BaseModelPool, auto_register_config
+from fusion_bench.mixins import LightningFabricMixin, SimpleProfilerMixin
+from fusion_bench.utils import instantiate
+
+from .blocks import BlockLayout, diagnostic_keys, find_blocks
+from .diagnostics import block_diagnostics
+from .report import save_layer_report
+from .veneer import (
+    APPLIES,
+    CONFLICTS,
+    GATES,
+    SOURCES,
+    TIER_ASSIGNMENTS,
+    Delta,
+    LayerSchedule,
+    build_schedule,
+    check_compatible,
+    check_finite,
+    combine_diagnostics,
+    float_state_dict,
+    rescale_update_,
+    snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+PRETRAINED = "_pretrained_"
+
+# Base mergers with FusionBench's CLIP settings (task arithmetic and TIES λ = 0.3 as in
+# FusionBench's configs; Iso-C / Iso-CTS λ = 1.5 as FusionBench's docs use for CLIP, where its
+# yaml default is 1.0; TSV-M α = 1.0). The shipped config/method/larv_<name>.yaml files repeat
+# these (tests/test_method_configs.py keeps the two in agreement).
+BASE_MERGERS: Dict[str, Dict[str, Any]] = {
+    "simple_average": {"_target_": "fusion_bench.method.SimpleAverageAlgorithm"},
+    "task_arithmetic": {
+        "_target_": "fusion_bench.method.TaskArithmeticAlgorithm",
+        "scaling_factor": 0.3,
+    },
+    "ties_merging": {
+        "_target_": "fusion_bench.method.TiesMergingAlgorithm",
+        "scaling_factor": 0.3,
+        "threshold": 20,
+        "remove_keys": [],
+        "merge_func": "sum",
+    },
+    "tsvm": {
+        "_target_": "fusion_bench.method.TaskSingularVectorMerging",
+        "alpha": 1.0,
+        "exclude_keys": None,
+        "return_single_task_models": False,
+    },
+    "iso_c": {
+        "_target_": "fusion_bench.method.ISO_C_Merge",
+        "scaling_factor": 1.5,
+        "exclude_keys": None,
+    },
+    "iso_cts": {
+        "_target_": "fusion_bench.method.ISO_CTS_Merge",
+        "scaling_factor": 1.5,
+        "common_space_fraction": 0.8,
+        "exclude_keys": None,
+    },
+    "dare_task_arithmetic": {
+        "_target_": "fusion_bench.method.DareTaskArithmetic",
+        "scaling_factor": 0.3,
+        "sparsity_ratio": 0.5,
+        "only_on_linear_weights": False,
+        "rescale": True,
+    },
+    "wudi": {"_target_": "fusion_bench.method.WUDIMerging", "iter_num": 400, "exclude_keys": None},
+    "magmax": {"_target_": "fusion_bench.method.MagMaxAlgorithm", "scaling_factor": 0.5},
+}
+
+DEFAULT_TIERS = (0.6, 1.0, 1.2)
+
+
+# ----------------------------------------------------------------------------- validation
+def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _real(key: str, value: Any, *, minimum: Optional[float] = None, positive: bool = False,
+          optional: bool = False) -> Optional[float]:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be finite, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{key} must be > 0, got {value!r}")
+    return value
+
+
+def _tiers(value: Any) -> List[float]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, ListConfig)):
+        raise TypeError(f"tiers must be a list of numbers, got {value!r}")
+    tiers = [_real(f"tiers[{i}]", v, minimum=0.0) for i, v in enumerate(value)]
+    if len(tiers) < 2:
+        raise ValueError(f"tiers needs at least 2 levels, got {list(value)!r}")
+    return tiers
+
+
+def _block_pattern(value: Any) -> Union[None, str, List[str]]:
+    if value is None:
+        return None
+    patterns = [value] if isinstance(value, str) else value
+    if isinstance(patterns, (str, bytes)) or not isinstance(patterns, (Sequence, ListConfig)) or not patterns:
+        raise TypeError(f"block_pattern must be null, a regex or a list of regexes, got {value!r}")
+    out = []
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"block_pattern entries must be strings, got {p!r}")
+        try:
+            groups = re.compile(p).groups
+        except re.error as err:
+            raise ValueError(f"block_pattern {p!r} is not a valid regex: {err}") from None
+        if groups != 1:
+            raise ValueError(
+                f"block_pattern {p!r} must have exactly one capture group (the block index), has {groups}"
+            )
+        out.append(p)
+    return out[0] if isinstance(value, str) else out
+
+
+# ----------------------------------------------------------------------------- algorithm
+@auto_register_config
+class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
+    """LARV around any FusionBench task-vector merger.
+
+    Args:
+        base_method: the merger to wrap: a config with ``_target_`` (instantiated without
+            recursion, with this program's fabric handed over) or a ``BaseAlgorithm``. The
+            named subclasses (``LARVIsoC``, ...) default it to FusionBench's CLIP settings.
+        gate: ``tiered`` (the paper's main variant) | ``continuous`` (the paper's ablation) |
+            ``linear_depth`` (LiNeS-style baseline) | ``identity`` (λ = 1: the bare merger).
+        tiers: tier values, lowest-scored blocks first; 2 or more levels, each finite and >= 0
+            (0 switches a tier off). Default [0.6, 1.0, 1.2] is ours, not the paper's.
+        tier_assignment: ``score`` (rank blocks by s) or ``depth`` (depth-only ablation).
+        eta: η, exponent of the rank contrast e in the score (ours: 1).
+        rho: ρ >= 0, exponent of the depth prior ((ℓ+1)/L)^ρ (ours: 0.5; 0 removes it).
+        conflict: ``base`` (commutator of W0 and D) or ``pairwise`` (between task updates).
+        source: ``merged`` (D = the base merger's update Δ) or ``task_vectors`` (D = τ_t,
+            diagnostics averaged over tasks).
+        apply: ``post`` (θ0 + λ ⊙ Δ) or ``pre`` (the base merger runs on θ0 + λ ⊙ τ_t).
+        non_block_scale: scale of every parameter outside the blocks (ours: 1).
+        amplitude, steepness: a and γ of the continuous gate λ = 1 + a tanh(γ (s/median(s) − 1)).
+        min_scale, max_scale: optional clamp of the continuous gate.
+        lines_alpha, lines_beta: α and β of the linear_depth gate λ = α + β ℓ / (L − 1).
+        block_pattern: null (detect HF CLIP, open_clip or T5 blocks) or a regex / list of
+            regexes with one capture group for the block index.
+    """
+
+    def __init__(
+        self,
+        base_method: Union[DictConfig, Mapping, BaseAlgorithm, None] = None,
+        gate: str = "tiered",
+        tiers: Sequence[float] = DEFAULT_TIERS,
+        tier_assignment: str = "score",
+        eta: float = 1.0,
+        rho: float = 0.5,
+        conflict: str = "base",
+        source: str = "merged",
+        apply: str = "post",
+        non_block_scale: float = 1.0,
+        amplitude: float = 0.5,
+        steepness: float = 3.0,
+        min_scale: Optional[float] = None,
+        max_scale: Optional[float] = None,
+        lines_alpha: float = 0.6,
+        lines_beta: float = 0.6,
+        block_pattern: Union[None, str, Sequence[str]] = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if base_method is None:
+            base_method = getattr(type(self), "default_base_method", None)
+        if base_method is None:
+            raise ValueError("base_method is required: a merger config with `_target_` or a BaseAlgorithm")
+        if not isinstance(base_method, BaseAlgorithm):
+            if not isinstance(base_method, (Mapping, DictConfig)) or "_target_" not in base_method:
+                raise TypeError(
+                    f"base_method must be a config with `_target_` or a BaseAlgorithm, got {base_method!r}"
+                )
+        self.base_method = base_method
+        self.gate = _choice("gate", gate, GATES)
+        self.tiers = _tiers(tiers)
+        self.tier_assignment = _choice("tier_assignment", tier_assignment, TIER_ASSIGNMENTS)
+        self.eta = _real("eta", eta)
+        self.rho = _real("rho", rho, minimum=0.0)
+        self.conflict = _choice("conflict", conflict, CONFLICTS)
+        self.source = _choice("source", source, SOURCES)
+        self.apply = _choice("apply", apply, APPLIES)
+        self.non_block_scale = _real("non_block_scale", non_block_scale, minimum=0.0)
+        self.amplitude = _real("amplitude", amplitude, minimum=0.0)
+        self.steepness = _real("steepness", steepness, positive=True)
+        self.min_scale = _real("min_scale", min_scale, minimum=0.0, optional=True)
+        self.max_scale = _real("max_scale", max_scale, minimum=0.0, optional=True)
+        if self.min_scale is not None and self.max_scale is not None and self.min_scale > self.max_scale:
+            raise ValueError(f"min_scale ({self.min_scale}) must be <= max_scale ({self.max_scale})")
+        self.lines_alpha = _real("lines_alpha", lines_alpha)
+        self.lines_beta = _real("lines_beta", lines_beta)
+        self.block_pattern = _block_pattern(block_pattern)
+        self.schedule: Optional[LayerSchedule] = None
+        self.record: Optional[Dict[str, Any]] = None
+
+    # ------------------------------------------------------------------ helpers
+    def _new_base_merger(self) -> BaseAlgorithm:
+        """A fresh base merger, with this program's fabric and program handed over."""
+        if isinstance(self.base_method, BaseAlgorithm):
+            merger = self.base_method
+        else:
+            merger = instantiate(self.base_method, _recursive_=False)
+        if hasattr(merger, "_fabric_instance") and self._fabric_instance is not None:
+            merger._fabric_instance = self._fabric_instance
+        if hasattr(merger, "_program"):
+            merger._program = getattr(self, "_program", None)
+        return merger
+
+    def _run_base(self, modelpool: BaseModelPool, reference: Mapping[str, torch.Tensor]) -> nn.Module:
+        merger = self._new_base_merger()
+        # Every base-merger run starts from the RNG state run() started with, so randomized
+        # mergers (DARE's drop masks) draw the same masks when `pre` runs the merger twice.
+        torch.random.set_rng_state(self._rng_state)
+        if self._cuda_rng_state is not None:
+            torch.cuda.set_rng_state_all(self._cuda_rng_state)
+        with self.profile("base merger"):
+            merged = merger.run(modelpool)
+        if not isinstance(merged, nn.Module):
+            raise TypeError(
+                f"base merger {type(merger).__name__} returned {type(merged).__name__}; LARV needs a "
+                "single merged nn.Module (e.g. TSV-M needs return_single_task_models: false)"
+            )
+        merged_sd = float_state_dict(merged)
+        check_compatible("merged model", merged_sd, reference)
+        check_finite("merged model", merged_sd)
+        return merged
+
+    @staticmethod
+    def _watched_pool(
+        modelpool: BaseModelPool,
+        theta0: Mapping[str, torch.Tensor],
+        scales: Optional[Mapping[str, float]] = None,
+    ) -> BaseModelPool:
+        """A shallow copy of ``modelpool`` whose ``load_model`` checks every model it hands out.
+
+        Each model is checked against θ0 (same keys and shapes, finite values) as the base
+        merger loads it, so no model is loaded twice. With ``scales`` (the ``pre`` veneer) each
+        fine-tuned model is rescaled, θ0 + λ ⊙ τ_t, before the merger sees it. Modules held in
+        memory by the pool are copied first: the caller's models are never modified, and the
+        pretrained model is always handed out as θ0 (some mergers modify it in place).
+        """
+        watched = copy.copy(modelpool)
+        load_from_source = modelpool.load_model
+
+        def load_model(model_name_or_config, *args, **kwargs):
+            model = load_from_source(model_name_or_config, *args, **kwargs)
+            name = model_name_or_config if isinstance(model_name_or_config, str) else "<config>"
+            in_memory = isinstance(model_name_or_config, str) and isinstance(
+                modelpool._models[model_name_or_config], nn.Module
+            )
+            if in_memory:
+                model = copy.deepcopy(model)
+            state = float_state_dict(model)
+            check_compatible(name, state, theta0)
+            if name == PRETRAINED:
+                if in_memory:
+                    with torch.no_grad():
+                        for key, value in state.items():
+                            value.copy_(theta0[key])
+                return model
+            check_finite(name, state)
+            if scales is not None:
+                rescale_update_(state, theta0, scales)
+            return model
+
+        watched.load_model = load_model
+        return watched
+
+    def _diagnostics(self, modelpool, theta0, merged_state, layout: BlockLayout, device):
+        """Block diagnostics from the merged update or from the task vectors (``source``)."""
+        rank_cache: Dict = {}
+        conflict_updates = None
+        if self.conflict == "pairwise":
+            keys = [k for block in layout.blocks for k in diagnostic_keys(block, theta0)]
+            conflict_updates = []
+            for name in modelpool.model_names:
+                task_delta = Delta(float_state_dict(modelpool.load_model(name)), theta0)
+                conflict_updates.append({k: task_delta[k] for k in keys})
+        kwargs = dict(conflict=self.conflict, conflict_updates=conflict_updates,
+                      device=device, rank_cache=rank_cache)
+        if self.source == "merged":
+            return block_diagnostics(theta0, [Delta(merged_state, theta0)], layout, **kwargs)
+        per_task = []
+        for name in modelpool.model_names:
+            task_state = float_state_dict(modelpool.load_model(name))
+            per_task.append(block_diagnostics(theta0, [Delta(task_state, theta0)], layout, **kwargs))
+            del task_state
+        return combine_diagnostics(per_task)
+
+    def config_record(self) -> Dict[str, Any]:
+        """The hyperparameters, JSON-ready."""
+        base = self.base_method
+        if isinstance(base, BaseAlgorithm):
+            base = {"_target_": f"{type(base).__module__}.{type(base).__qualname__}"}
+        elif isinstance(base, DictConfig):
+            base = OmegaConf.to_container(base, resolve=True)
+        else:
+            base = dict(base)
+        return {
+            "method": "larv",
+            "base_method": base,
+            **{key: getattr(self, key) for key in (
+                "gate", "tiers", "tier_assignment", "eta", "rho", "conflict", "source", "apply",
+                "non_block_scale", "amplitude", "steepness", "min_scale", "max_scale",
+                "lines_alpha", "lines_beta", "block_pattern")},
+        }
+
+    # ------------------------------------------------------------------ run
+    # No torch.no_grad() around run(): some base mergers (WUDI) optimise with autograd.
+    def run(self, modelpool: Union[BaseModelPool, DictConfig, Dict]):
+        if not isinstance(modelpool, BaseModelPool):
+            modelpool = BaseModelPool(modelpool)
+        if not modelpool.has_pretrained:
+            raise ValueError(
+                f"LARV needs the pretrained model θ0: the model pool has no '{PRETRAINED}' entry "
+                f"(models: {modelpool.all_model_names})"
+            )
+        if not modelpool.model_names:
+            raise ValueError("LARV needs at least one fine-tuned model in the model pool")
+
+        self._rng_state = torch.random.get_rng_state()
+        self._cuda_rng_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        with self.profile("load pretrained"):
+            theta0 = snapshot(float_state_dict(modelpool.load_pretrained_model()))
+        check_finite(PRETRAINED, theta0)
+        layout = find_blocks(theta0.keys(), self.block_pattern)
+        log.info("LARV: %d blocks (%s), %d parameters outside them", layout.num_blocks,
+                 layout.blocks[0].prefix, len(layout.non_block_keys))
+        watched = self._watched_pool(modelpool, theta0)
+        device = self.fabric.device if self._fabric_instance is not None else None
+
+        merged = None
+        if self.apply == "post" or self.source == "merged":
+            merged = self._run_base(watched, theta0)
+        with self.profile("diagnostics"), torch.no_grad():
+            merged_state = float_state_dict(merged) if merged is not None else None
+            diagnostics = self._diagnostics(watched, theta0, merged_state, layout, device)
+            schedule = build_schedule(
+                diagnostics, layout, eta=self.eta, rho=self.rho, non_block_scale=self.non_block_scale,
+                gate=self.gate, tiers=self.tiers, tier_assignment=self.tier_assignment,
+                amplitude=self.amplitude, steepness=self.steepness, min_scale=self.min_scale,
+                max_scale=self.max_scale, lines_alpha=self.lines_alpha, lines_beta=self.lines_beta,
+            )
+        with self.profile("scaling"):
+            if self.apply == "post":
+                rescale_update_(merged_state, theta0, schedule.scales)
+            else:
+                del merged, merged_state
+                merged = self._run_base(self._watched_pool(modelpool, theta0, schedule.scales), theta0)
+
+        self.schedule = schedule
+        self.record = {
+            **self.config_record(),
+            "block_pattern_used": list(layout.pattern),
+            "num_blocks": layout.num_blocks,
+            "zero_update_blocks": [r["index"] for r in schedule.rows() if r["zero_update"]],
+            "blocks": schedule.rows(),
+        }
+        log.info("LARV scales per block: %s", [round(r["scale"], 4) for r in self.record["blocks"]])
+        log_dir = self.log_dir if self._fabric_instance is not None else None
+        if log_dir is not None:
+            save_layer_report(self.record, log_dir)
+        self.print_profile_summary()
+
+        program = getattr(self, "_program", None)
+        if program is not None and getattr(program, "merged_model_save_path", None) is None:
+            # FusionBench evaluates the module values of a returned dict and copies the others
+            # into the program report: {"model": <task pool report>, "larv": <per-block table>}.
+            return {"model": merged, "larv": self.record}
+        return merged
+
+
+# ----------------------------------------------------------------------------- named variants
+def _variant(class_name: str, merger: str, title: str) -> type:
+    cls = type(
+        class_name,
+        (LARVAlgorithm,),
+        {
+            "__doc__": f"LARV around {title} (base merger defaults: FusionBench's CLIP settings, "
+            f"``{BASE_MERGERS[merger]['_target_']}``).",
+            "default_base_method": BASE_MERGERS[merger],
+            "__module__": __name__,
+        },
+    )
+    return cls
+
+
+LARVSimpleAverage = _variant("LARVSimpleAverage", "simple_average", "simple averaging")
+LARVTaskArithmetic = _variant("LARVTaskArithmetic", "task_arithmetic", "Task Arithmetic")
+LARVTiesMerging = _variant("LARVTiesMerging", "ties_merging", "TIES merging")
+LARVTSVM = _variant("LARVTSVM", "tsvm", "TSV-M (task singular vectors)")
+LARVIsoC = _variant("LARVIsoC", "iso_c", "Iso-C (isotropic merging in common subspace)")
+LARVIsoCTS = _variant("LARVIsoCTS", "iso_cts", "Iso-CTS (common and task-specific subspaces)")
+LARVDareTaskArithmetic = _variant("LARVDareTaskArithmetic", "dare_task_arithmetic", "DARE + Task Arithmetic")
+LARVWUDI = _variant("LARVWUDI", "wudi", "WUDI merging")
+LARVMagMax = _variant("LARVMagMax", "magmax", "MagMax")
+
+#: config name (config/method/larv_<name>.yaml) -> class
+LARV_METHODS: Dict[str, type] = {
+    "larv_simple_average": LARVSimpleAverage,
+    "larv_task_arithmetic": LARVTaskArithmetic,
+    "larv_ties_merging": LARVTiesMerging,
+    "larv_tsvm": LARVTSVM,
+    "larv_iso_c": LARVIsoC,
+    "larv_iso_cts": LARVIsoCTS,
+    "larv_dare_task_arithmetic": LARVDareTaskArithmetic,
+    "larv_wudi": LARVWUDI,
+    "larv_magmax": LARVMagMax,
+}

@@ -1,0 +1,262 @@
+"""Properties of the LARV wrapper around FusionBench's real mergers, on tiny in-memory models."""
+
+import math
+
+import pytest
+import torch
+from fusion_bench import BaseModelPool
+from fusion_bench.utils import instantiate
+
+import fusion_bench_larv.algorithm as algorithm_module
+from fusion_bench_larv.algorithm import BASE_MERGERS, LARV_METHODS, LARVAlgorithm
+from tiny_models import NUM_LAYERS, TinyPool, fine_tuned, tiny_clip_vision
+
+# Small iteration counts keep WUDI fast; everything else uses the shipped defaults.
+BASE_OVERRIDES = {"wudi": {"iter_num": 5}}
+HOMOGENEOUS = ["simple_average", "task_arithmetic", "tsvm", "iso_c", "iso_cts", "dare_task_arithmetic"]
+
+
+@pytest.fixture(scope="module")
+def pools():
+    return TinyPool(num_tasks=3)
+
+
+def base_config(merger: str):
+    return {**BASE_MERGERS[merger], **BASE_OVERRIDES.get(merger, {})}
+
+
+def run_bare(merger: str, pool: BaseModelPool):
+    torch.manual_seed(0)  # DARE draws random masks
+    return instantiate(base_config(merger), _recursive_=False).run(pool)
+
+
+def run_larv(merger: str, pool: BaseModelPool, **kwargs):
+    torch.manual_seed(0)
+    algo = LARVAlgorithm(base_method=base_config(merger), **kwargs)
+    return algo.run(pool), algo
+
+
+def states_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def is_block_key(key: str) -> bool:
+    return key.startswith("vision_model.encoder.layers.")
+
+
+@pytest.mark.parametrize("merger", sorted(BASE_MERGERS))
+def test_identity_gate_reproduces_the_bare_merger_bit_for_bit(pools, merger):
+    bare = run_bare(merger, pools())
+    larv, algo = run_larv(merger, pools(), gate="identity")
+    assert states_equal(bare, larv)
+    assert [r["scale"] for r in algo.record["blocks"]] == [1.0] * NUM_LAYERS
+
+
+@pytest.mark.parametrize("merger", ["task_arithmetic", "iso_c", "ties_merging"])
+def test_zero_tiers_give_the_pretrained_weights_in_blocks(pools, merger):
+    bare = run_bare(merger, pools())
+    larv, _ = run_larv(merger, pools(), tiers=[0.0, 0.0])
+    theta0, merged, base = pools.pretrained_state(), larv.state_dict(), bare.state_dict()
+    for key in theta0:
+        if is_block_key(key):
+            assert torch.equal(merged[key], theta0[key]), key
+        else:  # non_block_scale = 1: untouched
+            assert torch.equal(merged[key], base[key]), key
+
+
+def max_relative_update_gap(model_a, model_b, theta0) -> float:
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    gaps = []
+    for key, w0 in theta0.items():
+        da, db = sa[key] - w0, sb[key] - w0
+        gaps.append(float((da - db).norm() / (db.norm() + 1e-12)))
+    return max(gaps)
+
+
+@pytest.mark.parametrize("merger", HOMOGENEOUS)
+def test_pre_equals_post_for_homogeneous_mergers(pools, merger):
+    post, algo_post = run_larv(merger, pools(), apply="post")
+    pre, algo_pre = run_larv(merger, pools(), apply="pre")
+    assert [r["scale"] for r in algo_post.record["blocks"]] == [r["scale"] for r in algo_pre.record["blocks"]]
+    assert len(set(r["scale"] for r in algo_post.record["blocks"])) == 3  # the veneer really acts
+    assert max_relative_update_gap(pre, post, pools.pretrained_state()) < 1e-4
+
+
+def test_pre_differs_from_post_for_ties(pools):
+    """TIES trims the top-k% over the whole flattened model: block scaling does not commute."""
+    post, _ = run_larv("ties_merging", pools(), apply="post")
+    pre, _ = run_larv("ties_merging", pools(), apply="pre")
+    assert max_relative_update_gap(pre, post, pools.pretrained_state()) > 1e-2
+
+
+def test_post_applies_theta0_plus_lambda_delta(pools):
+    bare = run_bare("task_arithmetic", pools())
+    larv, algo = run_larv("task_arithmetic", pools(), gate="linear_depth")
+    theta0, merged, base = pools.pretrained_state(), larv.state_dict(), bare.state_dict()
+    for key, w0 in theta0.items():
+        lam = algo.schedule.scales[key]
+        torch.testing.assert_close(merged[key], w0 + lam * (base[key] - w0), rtol=1e-6, atol=1e-7)
+    expected = [0.6 + 0.6 * i / (NUM_LAYERS - 1) for i in range(NUM_LAYERS)]
+    assert [r["scale"] for r in algo.record["blocks"]] == pytest.approx(expected)
+
+
+def test_non_block_scale_scales_everything_outside_blocks(pools):
+    bare = run_bare("task_arithmetic", pools())
+    larv, _ = run_larv("task_arithmetic", pools(), gate="identity", non_block_scale=0.0)
+    theta0, merged, base = pools.pretrained_state(), larv.state_dict(), bare.state_dict()
+    for key in theta0:
+        expected = base[key] if is_block_key(key) else theta0[key]
+        assert torch.equal(merged[key], expected), key
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(source="task_vectors"), dict(conflict="pairwise"), dict(gate="continuous"),
+     dict(tier_assignment="depth"), dict(tiers=[0.8, 1.2]), dict(apply="pre", source="task_vectors")],
+)
+def test_record_has_one_complete_row_per_block(pools, kwargs):
+    _, algo = run_larv("task_arithmetic", pools(), **kwargs)
+    rows = algo.record["blocks"]
+    assert [r["index"] for r in rows] == list(range(NUM_LAYERS))
+    assert [r["prefix"] for r in rows] == [f"vision_model.encoder.layers.{i}." for i in range(NUM_LAYERS)]
+    for r in rows:
+        for key in ("e", "c", "z", "s", "scale"):
+            assert math.isfinite(r[key]), (key, r)
+        assert r["e"] >= 0
+    for key in ("gate", "tiers", "source", "apply", "conflict", "eta", "rho", "base_method"):
+        assert key in algo.record
+    assert algo.record["base_method"]["_target_"] == BASE_MERGERS["task_arithmetic"]["_target_"]
+    if algo.gate == "tiered":
+        tiers = algo.tiers
+        per_tier = [sum(r["tier"] == i for r in rows) for i in range(len(tiers))]
+        assert sum(per_tier) == NUM_LAYERS and max(per_tier) - min(per_tier) <= 1
+        assert all(r["scale"] == tiers[r["tier"]] for r in rows)
+
+
+def test_depth_tiers_split_by_depth(pools):
+    _, algo = run_larv("task_arithmetic", pools(), tier_assignment="depth")
+    assert [r["scale"] for r in algo.record["blocks"]] == [0.6, 0.6, 1.0, 1.0, 1.2, 1.2]
+
+
+def test_source_changes_the_diagnostics(pools):
+    _, merged = run_larv("iso_c", pools(), source="merged")
+    _, tasks = run_larv("iso_c", pools(), source="task_vectors")
+    e_merged = [r["e"] for r in merged.record["blocks"]]
+    e_tasks = [r["e"] for r in tasks.record["blocks"]]
+    assert e_merged != pytest.approx(e_tasks)
+
+
+def test_two_runs_are_bit_identical(pools):
+    first, _ = run_larv("iso_cts", pools(), gate="continuous")
+    second, _ = run_larv("iso_cts", pools(), gate="continuous")
+    assert states_equal(first, second)
+
+
+def test_callers_in_memory_models_are_not_modified(pools):
+    pool = pools()
+    before = {name: {k: v.clone() for k, v in pool.load_model(name).state_dict().items()}
+              for name in pool.all_model_names}
+    run_larv("task_arithmetic", pool, apply="pre")
+    for name, state in before.items():
+        now = pool.load_model(name).state_dict()
+        # FusionBench's task arithmetic itself adds into the in-memory pretrained model; the
+        # fine-tuned models must be untouched by LARV's pre-scaling
+        if name != "_pretrained_":
+            assert all(torch.equal(now[k], v) for k, v in state.items()), name
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.fixture
+def no_output(monkeypatch):
+    """Fail if anything would be written: errors must come before any output."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("output written before the error")
+    monkeypatch.setattr(algorithm_module, "save_layer_report", forbidden)
+
+
+def test_pool_without_pretrained_model_raises(pools, no_output):
+    pool = BaseModelPool({name: model for name, model in pools.tasks.items()})
+    with pytest.raises(ValueError, match="_pretrained_"):
+        LARVAlgorithm(base_method=base_config("task_arithmetic")).run(pool)
+
+
+@pytest.mark.parametrize("apply", ["post", "pre"])
+def test_nan_in_a_fine_tuned_model_raises_naming_it(pools, no_output, apply):
+    bad = fine_tuned(pools.pretrained, 7)
+    with torch.no_grad():
+        bad.vision_model.encoder.layers[2].mlp.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="task_bad.*NaN"):
+        run_larv("task_arithmetic", pools(task_bad=bad), apply=apply)
+
+
+def test_inf_in_the_pretrained_model_raises(pools, no_output):
+    bad = tiny_clip_vision()
+    with torch.no_grad():
+        bad.vision_model.post_layernorm.weight[0] = float("inf")
+    with pytest.raises(ValueError, match="_pretrained_.*NaN or Inf"):
+        run_larv("task_arithmetic", pools(_pretrained_=bad))
+
+
+def test_models_with_different_keys_raise(pools, no_output):
+    other = fine_tuned(tiny_clip_vision(num_layers=NUM_LAYERS + 1), 0)
+    with pytest.raises(ValueError, match="task_other.*does not match"):
+        run_larv("simple_average", pools(task_other=other))
+
+
+def test_models_with_different_shapes_raise(pools, no_output):
+    other = tiny_clip_vision(intermediate_size=48)
+    with pytest.raises(ValueError, match="task_other.*shape"):
+        run_larv("task_arithmetic", pools(task_other=other))
+
+
+def test_block_pattern_matching_nothing_raises(pools, no_output):
+    with pytest.raises(ValueError, match=r"no_such_blocks"):
+        run_larv("task_arithmetic", pools(), block_pattern=r"no_such_blocks\.(\d+)\.")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(tiers=[1.0]), "tiers"),
+        (dict(tiers=[]), "tiers"),
+        (dict(tiers=[-0.1, 1.0]), r"tiers\[0\]"),
+        (dict(tiers=[1.0, float("nan")]), r"tiers\[1\]"),
+        (dict(tiers=[1.0, float("inf")]), r"tiers\[1\]"),
+        (dict(tiers="0.6,1.2"), "tiers"),
+        (dict(gate="stepwise"), "gate"),
+        (dict(source="merged_model"), "source"),
+        (dict(apply="during"), "apply"),
+        (dict(conflict="both"), "conflict"),
+        (dict(tier_assignment="random"), "tier_assignment"),
+        (dict(rho=-1.0), "rho"),
+        (dict(eta=float("nan")), "eta"),
+        (dict(steepness=0.0), "steepness"),
+        (dict(amplitude="big"), "amplitude"),
+        (dict(min_scale=1.2, max_scale=0.8), "min_scale"),
+        (dict(block_pattern=r"layers\.\d+\."), "capture group"),
+        (dict(block_pattern=r"layers\.(\d+"), "block_pattern"),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_the_key(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        LARVAlgorithm(base_method=base_config("task_arithmetic"), **kwargs)
+
+
+def test_zero_tier_is_allowed():
+    algo = LARVAlgorithm(base_method=base_config("task_arithmetic"), tiers=[0, 1.0, 1.5])
+    assert algo.tiers == [0.0, 1.0, 1.5]
+
+
+def test_base_method_is_required_and_must_have_a_target():
+    with pytest.raises(ValueError, match="base_method"):
+        LARVAlgorithm()
+    with pytest.raises(TypeError, match="base_method"):
+        LARVAlgorithm(base_method={"scaling_factor": 0.3})
+
+
+@pytest.mark.parametrize("name", sorted(LARV_METHODS))
+def test_named_variants_default_to_their_merger(name):
+    algo = LARV_METHODS[name]()
+    merger = name[len("larv_"):]
+    assert algo.base_method == BASE_MERGERS[merger]

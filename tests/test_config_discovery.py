@@ -1,0 +1,137 @@
+"""Our configs are found by the `fusion_bench` CLI from the repository root and from anywhere else.
+
+Composition is checked in-process with Hydra's compose API, using the same primary config dir
+the `fusion_bench` CLI would pick (`$CWD/config` in the repository root, FusionBench's installed
+`fusion_bench_config/` elsewhere), plus a few real CLI calls as subprocesses.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_CONFIG = REPO_ROOT / "config"
+
+
+def _fusion_bench_config_dir() -> Path:
+    import fusion_bench_config
+
+    return Path(list(fusion_bench_config.__path__)[0]).resolve()
+
+
+PRIMARY_DIRS = {"repo_root": REPO_CONFIG, "elsewhere": _fusion_bench_config_dir()}
+
+BACKBONES = {
+    "base-patch32": ("openai/clip-vit-base-patch32", ""),
+    "base-patch16": ("openai/clip-vit-base-patch16", "_B16"),
+    "large-patch14": ("openai/clip-vit-large-patch14", "_L14"),
+}
+SETTINGS = {"TA8": 8, "TALL14": 14, "TALL20": 20}
+TA8_TASKS = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
+
+
+def _compose(primary_dir: Path, overrides):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(primary_dir), version_base=None):
+            return compose("fabric_model_fusion", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("where", sorted(PRIMARY_DIRS))
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_clip_alias_selects_pool_and_task_pool(where, backbone, setting):
+    cfg = _compose(PRIMARY_DIRS[where], ["method=dummy", f"modelpool=clip-vit-{backbone}_{setting}"])
+    hub_id, _ = BACKBONES[backbone]
+    models = OmegaConf.to_container(cfg.modelpool.models)
+    assert cfg.modelpool._target_ == "fusion_bench.modelpool.CLIPVisionModelPool"
+    assert models.pop("_pretrained_") == hub_id
+    assert len(models) == SETTINGS[setting]
+    for task, model_id in models.items():
+        assert model_id == f"tanganke/clip-vit-{backbone}_{task}"
+    if setting == "TA8":
+        assert list(models) == TA8_TASKS
+    # the matching task pool: same tasks, zero-shot heads from the same CLIP
+    assert cfg.taskpool._target_ == "fusion_bench.taskpool.CLIPVisionModelTaskPool"
+    assert sorted(cfg.taskpool.test_datasets) == sorted(models)
+    assert cfg.taskpool.base_model == hub_id
+    assert cfg.taskpool.clip_model.pretrained_model_name_or_path == hub_id
+    processor = cfg.modelpool.processor  # a hub id, or a from_pretrained config in some pools
+    assert (processor if isinstance(processor, str) else processor.pretrained_model_name_or_path) == hub_id
+
+
+@pytest.mark.parametrize("where", sorted(PRIMARY_DIRS))
+def test_explicit_taskpool_on_the_command_line_wins(where):
+    cfg = _compose(
+        PRIMARY_DIRS[where],
+        ["method=dummy", "modelpool=clip-vit-base-patch16_TALL14", "taskpool=dummy"],
+    )
+    assert cfg.taskpool._target_ == "fusion_bench.taskpool.DummyTaskPool"
+    assert "base_model" not in cfg.taskpool
+
+
+def test_our_primary_config_is_fusion_bench_s_with_modelpool_moved():
+    ours = yaml.safe_load((REPO_CONFIG / "fabric_model_fusion.yaml").read_text())
+    theirs = yaml.safe_load((_fusion_bench_config_dir() / "fabric_model_fusion.yaml").read_text())
+    ours_defaults, theirs_defaults = ours.pop("defaults"), theirs.pop("defaults")
+    assert ours == theirs
+    # same entries; only `modelpool` moved, to just after `taskpool`
+    assert sorted(map(str, ours_defaults)) == sorted(map(str, theirs_defaults))
+    keys = [next(iter(d)) if isinstance(d, dict) else d for d in ours_defaults]
+    assert keys.index("modelpool") == keys.index("taskpool") + 1
+    without = lambda ds: [d for d in ds if not (isinstance(d, dict) and "modelpool" in d)]
+    assert without(ours_defaults) == without(theirs_defaults)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=task_arithmetic", "modelpool=CLIPVisionModelPool/clip-vit-base-patch32_TA8",
+         "taskpool=CLIPVisionModelTaskPool/clip-vit-classification_TA8"],
+        ["method=isotropic_merging/iso_c"],
+    ],
+)
+def test_fusion_bench_s_own_commands_compose_the_same_from_both_places(overrides):
+    here, there = (_compose(PRIMARY_DIRS[w], overrides) for w in ("repo_root", "elsewhere"))
+    strip = lambda c: {k: v for k, v in OmegaConf.to_container(c).items() if k != "hydra"}
+    assert strip(here) == strip(there)
+
+
+def _cli_cfg_job(cwd, *overrides):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    exe = Path(sys.executable).with_name("fusion_bench")
+    out = subprocess.run(
+        [str(exe), "--cfg", "job", *overrides],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return yaml.safe_load(out.stdout)
+
+
+@pytest.mark.parametrize("where", ["repo_root", "elsewhere"])
+def test_cli_headline_command_from_repo_root_and_elsewhere(where, tmp_path):
+    cwd = REPO_ROOT if where == "repo_root" else tmp_path
+    cfg = _cli_cfg_job(cwd, "method=isotropic_merging/iso_c", "modelpool=clip-vit-base-patch32_TA8")
+    assert cfg["method"]["_target_"] == "fusion_bench.method.ISO_C_Merge"
+    models = cfg["modelpool"]["models"]
+    assert models["_pretrained_"] == "openai/clip-vit-base-patch32"
+    assert [models[t] for t in TA8_TASKS] == [f"tanganke/clip-vit-base-patch32_{t}" for t in TA8_TASKS]
+    assert sorted(cfg["taskpool"]["test_datasets"]) == sorted(TA8_TASKS)
+    assert cfg["taskpool"]["base_model"] == "openai/clip-vit-base-patch32"
+
+
+def test_cli_keeps_a_user_s_own_primary_config(tmp_path):
+    """A user's own `config/` with its own primary config is not shadowed by ours."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "fabric_model_fusion.yaml").write_text("marker: users_own\n")
+    cfg = _cli_cfg_job(tmp_path)
+    assert cfg == {"marker": "users_own"}
