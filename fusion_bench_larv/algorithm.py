@@ -314,23 +314,30 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         return watched
 
     def _diagnostics(self, modelpool, theta0, merged_state, layout: BlockLayout, device):
-        """Block diagnostics from the merged update or from the task vectors (``source``)."""
+        """Block diagnostics from the merged update or from the task vectors (``source``).
+
+        ``source: task_vectors`` loads one fine-tuned model at a time (e_t, c_t per task, then
+        averaged), except with ``conflict: pairwise``, which needs every pair of task updates:
+        the T task updates of the blocks' diagnostic matrices are then held in memory at once.
+        """
         rank_cache: Dict = {}
-        conflict_updates = None
         if self.conflict == "pairwise":
             keys = [k for block in layout.blocks for k in diagnostic_keys(block, theta0)]
-            conflict_updates = []
+            task_updates = []
             for name in modelpool.model_names:
                 task_delta = Delta(float_state_dict(modelpool.load_model(name)), theta0)
-                conflict_updates.append({k: task_delta[k] for k in keys})
-        kwargs = dict(conflict=self.conflict, conflict_updates=conflict_updates,
-                      device=device, rank_cache=rank_cache)
+                task_updates.append({k: task_delta[k] for k in keys})
+            updates = [Delta(merged_state, theta0)] if self.source == "merged" else task_updates
+            return block_diagnostics(theta0, updates, layout, conflict="pairwise",
+                                     conflict_updates=task_updates, device=device, rank_cache=rank_cache)
         if self.source == "merged":
-            return block_diagnostics(theta0, [Delta(merged_state, theta0)], layout, **kwargs)
+            return block_diagnostics(theta0, [Delta(merged_state, theta0)], layout,
+                                     device=device, rank_cache=rank_cache)
         per_task = []
         for name in modelpool.model_names:
             task_state = float_state_dict(modelpool.load_model(name))
-            per_task.append(block_diagnostics(theta0, [Delta(task_state, theta0)], layout, **kwargs))
+            per_task.append(block_diagnostics(theta0, [Delta(task_state, theta0)], layout,
+                                              device=device, rank_cache=rank_cache))
             del task_state
         return combine_diagnostics(per_task)
 

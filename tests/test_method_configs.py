@@ -1,0 +1,73 @@
+"""Every shipped config/method/larv_*.yaml composes, instantiates, and agrees with the code."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from fusion_bench.utils import instantiate
+from fusion_bench_larv.algorithm import BASE_MERGERS, LARV_METHODS, LARVAlgorithm
+
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
+METHOD_CONFIGS = sorted(p.stem for p in (REPO_CONFIG / "method").glob("larv_*.yaml"))
+LARV_KEYS = [p for p in inspect.signature(LARVAlgorithm.__init__).parameters
+             if p not in ("self", "base_method", "kwargs")]
+
+
+def compose_method(name, *overrides):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(REPO_CONFIG), version_base=None):
+            cfg = compose("fabric_model_fusion", overrides=[f"method={name}", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg.method
+
+
+def test_one_config_per_named_variant():
+    assert METHOD_CONFIGS == sorted(LARV_METHODS)
+    for name in ["larv_simple_average", "larv_task_arithmetic", "larv_ties_merging", "larv_tsvm",
+                 "larv_iso_c", "larv_iso_cts", "larv_dare_task_arithmetic", "larv_wudi", "larv_magmax"]:
+        assert name in METHOD_CONFIGS
+
+
+@pytest.mark.parametrize("name", METHOD_CONFIGS)
+def test_config_composes_and_instantiates(name):
+    cfg = compose_method(name)
+    algo = instantiate(cfg, _recursive_=False)
+    assert type(algo) is LARV_METHODS[name]
+    # the YAML's defaults are the code's defaults (one source of truth, repeated for Hydra)
+    defaults = inspect.signature(LARVAlgorithm.__init__).parameters
+    for key in LARV_KEYS:
+        expected = defaults[key].default
+        value = OmegaConf.to_container(cfg)[key]
+        assert (list(expected) if isinstance(expected, tuple) else expected) == value, key
+    # the base merger and its hyperparameters are the registry's
+    assert OmegaConf.to_container(cfg.base_method) == BASE_MERGERS[name[len("larv_"):]]
+
+
+def test_every_key_is_overridable_from_the_command_line():
+    cfg = compose_method(
+        "larv_iso_c", "method.gate=continuous", "method.tiers=[0.5,1.0,1.4]", "method.eta=2.0",
+        "method.rho=0", "method.tier_assignment=depth", "method.conflict=pairwise",
+        "method.source=task_vectors", "method.apply=pre", "method.non_block_scale=0.9",
+        "method.amplitude=0.3", "method.steepness=2", "method.min_scale=0.7", "method.max_scale=1.3",
+        "method.lines_alpha=0.5", "method.lines_beta=0.8", "method.block_pattern='^blocks\\.(\\d+)\\.'",
+        "method.base_method.scaling_factor=1.0",
+    )
+    algo = instantiate(cfg, _recursive_=False)
+    assert (algo.gate, algo.tiers, algo.eta, algo.rho) == ("continuous", [0.5, 1.0, 1.4], 2.0, 0.0)
+    assert (algo.tier_assignment, algo.conflict, algo.source, algo.apply) == ("depth", "pairwise", "task_vectors", "pre")
+    assert (algo.non_block_scale, algo.amplitude, algo.steepness) == (0.9, 0.3, 2.0)
+    assert (algo.min_scale, algo.max_scale, algo.lines_alpha, algo.lines_beta) == (0.7, 1.3, 0.5, 0.8)
+    assert algo.block_pattern == r"^blocks\.(\d+)\."
+    assert algo.base_method.scaling_factor == 1.0
+
+
+def test_bad_value_from_the_command_line_names_the_key():
+    cfg = compose_method("larv_tsvm", "method.gate=stepwise")
+    with pytest.raises(Exception, match="gate"):
+        instantiate(cfg, _recursive_=False)
