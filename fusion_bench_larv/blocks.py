@@ -29,7 +29,7 @@ Presets (``BLOCK_PATTERNS``), tried in this order when no pattern is given:
   (FusionBench's open_clip wrappers keep the network under ``model``);
 * ``t5``: ``encoder.block.<i>.`` then ``decoder.block.<i>.``: encoder blocks first, then decoder
   blocks, one depth order of ``2N`` blocks. An optional ``model.`` or ``base_model.model.`` (PEFT)
-  prefix is accepted; it must be the same for encoder and decoder names of one block number.
+  prefix is accepted (one state dict must not mix prefixed and unprefixed names of a block).
 """
 
 import logging
@@ -122,7 +122,9 @@ def _compile_pattern(pattern: Sequence[str], name: str) -> List["re.Pattern[str]
     return compiled
 
 
-def _match_layout(keys: Sequence[str], pattern: Tuple[str, ...], name: str) -> Optional[BlockLayout]:
+def _match_layout(
+    keys: Sequence[str], pattern: Tuple[str, ...], name: str
+) -> Optional[BlockLayout]:
     """Split ``keys`` into blocks with ``pattern``; ``None`` when no key matches."""
     compiled = _compile_pattern(pattern, name)
     # 1. Assign every key to (regex position, block number) or to the non-block keys.
@@ -200,7 +202,8 @@ def find_blocks(
         candidates = [(f"block_pattern preset {name!r}", p) for name, p in BLOCK_PATTERNS.items()]
     elif isinstance(block_pattern, str):
         if block_pattern in BLOCK_PATTERNS:
-            candidates = [(f"block_pattern preset {block_pattern!r}", BLOCK_PATTERNS[block_pattern])]
+            preset = BLOCK_PATTERNS[block_pattern]
+            candidates = [(f"block_pattern preset {block_pattern!r}", preset)]
         else:
             candidates = [("block_pattern", (block_pattern,))]
     elif isinstance(block_pattern, Sequence):

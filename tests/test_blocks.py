@@ -32,7 +32,9 @@ def test_hf_clip_transformers4_layout():
     assert layout.pattern == BLOCK_PATTERNS["hf_clip"]
     assert [b.index for b in layout.blocks] == list(range(12))
     assert layout.blocks[3].prefix == "vision_model.encoder.layers.3."
-    assert layout.blocks[3].keys == tuple(f"vision_model.encoder.layers.3.{p}" for p in BLOCK_PARAMS)
+    assert layout.blocks[3].keys == tuple(
+        f"vision_model.encoder.layers.3.{p}" for p in BLOCK_PARAMS
+    )
     assert layout.non_block_keys == (
         "vision_model.embeddings.patch_embedding.weight",
         "vision_model.pre_layrnorm.weight",
@@ -99,8 +101,9 @@ def test_t5_encoder_blocks_then_decoder_blocks(lead):
         + [f"{lead}decoder.block.{i}." for i in range(3)]
     )
     assert [b.index for b in layout.blocks] == list(range(6))
-    assert layout.non_block_keys == (f"{lead}shared.weight", f"{lead}encoder.final_layer_norm.weight",
-                                     f"{lead}lm_head.weight")
+    assert layout.non_block_keys == (
+        f"{lead}shared.weight", f"{lead}encoder.final_layer_norm.weight", f"{lead}lm_head.weight"
+    )
 
 
 def test_preset_by_name():
