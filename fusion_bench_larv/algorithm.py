@@ -22,7 +22,6 @@ LiNeS-style α = β = 0.6, ``non_block_scale`` = 1, ``source: merged`` and ``app
 import copy
 import logging
 import math
-import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -33,7 +32,7 @@ from fusion_bench import BaseAlgorithm, BaseModelPool, auto_register_config
 from fusion_bench.mixins import LightningFabricMixin, SimpleProfilerMixin
 from fusion_bench.utils import instantiate
 
-from .blocks import BlockLayout, diagnostic_keys, find_blocks
+from .blocks import BlockLayout, diagnostic_keys, find_blocks, validate_block_pattern
 from .diagnostics import block_diagnostics
 from .report import save_layer_report
 from .veneer import (
@@ -138,25 +137,10 @@ def _tiers(value: Any) -> List[float]:
 
 
 def _block_pattern(value: Any) -> Union[None, str, List[str]]:
-    if value is None:
-        return None
-    patterns = [value] if isinstance(value, str) else value
-    if isinstance(patterns, (str, bytes)) or not isinstance(patterns, (Sequence, ListConfig)) or not patterns:
-        raise TypeError(f"block_pattern must be null, a regex or a list of regexes, got {value!r}")
-    out = []
-    for p in patterns:
-        if not isinstance(p, str):
-            raise TypeError(f"block_pattern entries must be strings, got {p!r}")
-        try:
-            groups = re.compile(p).groups
-        except re.error as err:
-            raise ValueError(f"block_pattern {p!r} is not a valid regex: {err}") from None
-        if groups != 1:
-            raise ValueError(
-                f"block_pattern {p!r} must have exactly one capture group (the block index), has {groups}"
-            )
-        out.append(p)
-    return out[0] if isinstance(value, str) else out
+    if isinstance(value, ListConfig):
+        value = list(value)
+    validate_block_pattern(value)  # same checks (and messages) as find_blocks
+    return value
 
 
 # ----------------------------------------------------------------------------- algorithm

@@ -173,6 +173,28 @@ def _match_layout(
     )
 
 
+def _candidates(block_pattern: Union[str, Sequence[str], None]) -> List[Tuple[str, Tuple[str, ...]]]:
+    """``[(name for messages, tuple of regexes), ...]`` to try, in order."""
+    if block_pattern is None:
+        return [(f"block_pattern preset {name!r}", p) for name, p in BLOCK_PATTERNS.items()]
+    if isinstance(block_pattern, str):
+        if block_pattern in BLOCK_PATTERNS:
+            return [(f"block_pattern preset {block_pattern!r}", BLOCK_PATTERNS[block_pattern])]
+        return [("block_pattern", (block_pattern,))]
+    if isinstance(block_pattern, Sequence):
+        return [("block_pattern", tuple(block_pattern))]
+    raise TypeError(
+        "block_pattern must be None, a preset name, a regex or a sequence of regexes, "
+        f"got {block_pattern!r}"
+    )
+
+
+def validate_block_pattern(block_pattern: Union[str, Sequence[str], None]) -> None:
+    """Raise what :func:`find_blocks` would raise for a malformed ``block_pattern``, without keys."""
+    for name, pattern in _candidates(block_pattern):
+        _compile_pattern(pattern, name)
+
+
 def find_blocks(
     keys: Iterable[str],
     block_pattern: Union[str, Sequence[str], None] = None,
@@ -197,22 +219,7 @@ def find_blocks(
         TypeError: ``block_pattern`` is neither ``None``, a string nor a sequence of strings.
     """
     keys = list(keys)
-    # 1. Resolve the candidate patterns.
-    if block_pattern is None:
-        candidates = [(f"block_pattern preset {name!r}", p) for name, p in BLOCK_PATTERNS.items()]
-    elif isinstance(block_pattern, str):
-        if block_pattern in BLOCK_PATTERNS:
-            preset = BLOCK_PATTERNS[block_pattern]
-            candidates = [(f"block_pattern preset {block_pattern!r}", preset)]
-        else:
-            candidates = [("block_pattern", (block_pattern,))]
-    elif isinstance(block_pattern, Sequence):
-        candidates = [("block_pattern", tuple(block_pattern))]
-    else:
-        raise TypeError(
-            "block_pattern must be None, a preset name, a regex or a sequence of regexes, "
-            f"got {block_pattern!r}"
-        )
+    candidates = _candidates(block_pattern)
     # 2. The first candidate that matches wins.
     for name, pattern in candidates:
         layout = _match_layout(keys, pattern, name)

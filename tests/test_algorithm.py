@@ -260,3 +260,10 @@ def test_named_variants_default_to_their_merger(name):
     algo = LARV_METHODS[name]()
     merger = name[len("larv_"):]
     assert algo.base_method == BASE_MERGERS[merger]
+
+
+def test_block_pattern_preset_names_are_accepted(pools):
+    _, algo = run_larv("task_arithmetic", pools(), block_pattern="hf_clip")
+    assert algo.record["num_blocks"] == NUM_LAYERS
+    with pytest.raises(ValueError, match="t5"):
+        run_larv("task_arithmetic", pools(), block_pattern="t5")  # valid name, no T5 keys here
