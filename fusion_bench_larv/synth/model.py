@@ -1,7 +1,8 @@
 """The tiny CLIP of ``tinyclip_synth*``: tokenizer, architecture, pretraining and fine-tuning.
 
-- Tokenizer: a hand-made character-level CLIP BPE vocabulary (every byte symbol, alone and as
-  a word end ``</w>``) with an empty merges file, so no download is ever needed.
+- Tokenizer: a hand-made CLIP BPE (every byte symbol, alone and as a word end ``</w>``, plus
+  merges that spell out each word of the generated captions and prompts), so no download is
+  ever needed and a caption is about one token per word.
 - Pretraining: the symmetric contrastive (InfoNCE) loss of CLIP (Radford et al., 2021) on
   generated images and captions covering the attributes of every task of the suite.
 - Fine-tuning: the task-vector papers' recipe (Ilharco et al., 2023, "Editing models with task
@@ -17,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,19 +52,62 @@ class ModelSize:
     vision_layers: int = 12
     vision_heads: int = 4
     text_hidden: int = 64
-    text_layers: int = 3
+    text_layers: int = 2
     text_heads: int = 4
     projection_dim: int = 64
-    max_text_len: int = 128
+    max_text_len: int = 64
 
 
-def build_processor(path: Path, size: ModelSize) -> CLIPProcessor:
-    """Write a character-level CLIP tokenizer + image processor to ``path`` and return it."""
-    path.mkdir(parents=True, exist_ok=True)
+def _bpe_vocab(word_counts: Dict[str, int]):
+    """CLIP-format vocabulary and merges: every byte symbol (alone and word-final) plus BPE
+    merges trained (``tokenizers``' ``BpeTrainer``) on the given pre-tokenized words until every
+    word is one token. An empty ``word_counts`` gives a purely character-level tokenizer.
+    """
     symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + [BOS, EOS])}
+    tokens = symbols + [s + "</w>" for s in symbols]
+    merges: List[str] = []
+    if word_counts:
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+        bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+        bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        trainer = trainers.BpeTrainer(
+            vocab_size=100_000, min_frequency=1, show_progress=False, end_of_word_suffix="</w>", initial_alphabet=symbols
+        )
+        corpus = [" ".join([w] * min(c, 1000)) for w, c in sorted(word_counts.items())]
+        bpe.train_from_iterator(corpus, trainer)
+        model = json.loads(bpe.to_str())["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        known = set(tokens)
+        tokens += [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]) if t not in known]
+    vocab = {t: i for i, t in enumerate(tokens + [BOS, EOS])}
+    return vocab, ["#version: 0.2"] + merges
+
+
+def build_processor(path: Path, size: ModelSize, corpus: Sequence[str] = ()) -> CLIPProcessor:
+    """Write a CLIP tokenizer + image processor to ``path`` and return it.
+
+    The tokenizer is hand-made (no download): a byte-level CLIP BPE whose merges spell out the
+    words of ``corpus`` (captions, class names, templates); with an empty corpus it is purely
+    character-level (an empty merges file).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _bpe_vocab({})
     (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
+    (path / "merges.txt").write_text("\n".join(merges) + "\n")
+    if corpus:
+        chars = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+        words: Dict[str, int] = {}
+        for text in corpus:  # CLIP's own pre-tokenization (lowercase, regex split, byte symbols)
+            word = ""
+            for token in chars.tokenize(text):
+                word += token
+                if word.endswith("</w>"):
+                    words[word[: -len("</w>")]] = words.get(word[: -len("</w>")], 0) + 1
+                    word = ""
+        vocab, merges = _bpe_vocab(words)
+        (path / "vocab.json").write_text(json.dumps(vocab))
+        (path / "merges.txt").write_text("\n".join(merges) + "\n")
     tokenizer = CLIPTokenizer(
         str(path / "vocab.json"),
         str(path / "merges.txt"),
@@ -136,9 +180,19 @@ def pretrain(
     lr: float,
     weight_decay: float,
     seed: int,
+    groups: Optional[np.ndarray] = None,
+    groups_per_batch: int = 2,
 ) -> List[float]:
-    """Contrastive image-caption pretraining in place; returns the loss curve."""
+    """Contrastive image-caption pretraining in place; returns the loss curve.
+
+    With ``groups`` (one task id per image), each batch is drawn from ``groups_per_batch``
+    random tasks, so in-batch negatives share the task's nuisance attributes and the
+    contrastive loss must use the attribute the task is about (hard negatives).
+    """
     gen = torch.Generator().manual_seed(seed)
+    members = None
+    if groups is not None:
+        members = [torch.from_numpy(np.flatnonzero(groups == g)) for g in np.unique(groups)]
     tokens = processor.tokenizer(list(captions), padding=True, truncation=True, return_tensors="pt")
     pixels = to_pixels(images)
     opt, sched = _optimizer(model.parameters(), lr, weight_decay, steps)
@@ -146,7 +200,12 @@ def pretrain(
     losses = []
     bar = tqdm(range(steps), desc="pretrain tiny CLIP", leave=False, dynamic_ncols=True)
     for _ in bar:
-        idx = torch.randint(len(pixels), (batch_size,), generator=gen)
+        if members is None:
+            idx = torch.randint(len(pixels), (batch_size,), generator=gen)
+        else:
+            picked = torch.randperm(len(members), generator=gen)[:groups_per_batch]
+            per = -(-batch_size // len(picked))
+            idx = torch.cat([members[g][torch.randint(len(members[g]), (per,), generator=gen)] for g in picked.tolist()])[:batch_size]
         ids, mask = tokens["input_ids"][idx], tokens["attention_mask"][idx]
         keep = int(mask.sum(1).max())  # trim the batch's padding
         out = model(input_ids=ids[:, :keep], attention_mask=mask[:, :keep], pixel_values=pixels[idx], return_loss=True)
@@ -174,9 +233,13 @@ def zeroshot_head(model: CLIPModel, processor: CLIPProcessor, classnames: Sequen
     return torch.stack(rows)
 
 
-def vision_logits(model: CLIPModel, vision: torch.nn.Module, head: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+def vision_logits(
+    model: CLIPModel, vision: torch.nn.Module, head: torch.Tensor, pixels: torch.Tensor, scale: Optional[float] = None
+) -> torch.Tensor:
+    """Cosine logits against the frozen head, times ``scale`` (default: the model's logit scale)."""
     emb = model.visual_projection(vision(pixel_values=pixels).pooler_output)
-    return model.logit_scale.exp() * F.normalize(emb, dim=-1) @ head.t()
+    scale = model.logit_scale.exp() if scale is None else scale
+    return scale * F.normalize(emb, dim=-1) @ head.t()
 
 
 def finetune(
@@ -190,9 +253,14 @@ def finetune(
     lr: float,
     weight_decay: float,
     seed: int,
+    logit_scale: Optional[float] = None,
     desc: str = "fine-tune",
 ) -> CLIPVisionModel:
-    """Fine-tune a copy of ``model``'s vision tower against the frozen head; returns it."""
+    """Fine-tune a copy of ``model``'s vision tower against the frozen head; returns it.
+
+    ``logit_scale``: the fixed temperature of the training loss (``None``: the model's own).
+    Only the loss sees it: predictions (argmax) do not depend on it.
+    """
     tower = CLIPVisionModel(model.config.vision_config)
     tower.vision_model.load_state_dict(model.vision_model.state_dict())
     gen = torch.Generator().manual_seed(seed)
@@ -202,7 +270,7 @@ def finetune(
     bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True)
     for _ in bar:
         idx = torch.randint(len(pixels), (batch_size,), generator=gen)
-        loss = F.cross_entropy(vision_logits(model, tower, head, pixels[idx]), targets[idx])
+        loss = F.cross_entropy(vision_logits(model, tower, head, pixels[idx], logit_scale), targets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tower.parameters(), 1.0)

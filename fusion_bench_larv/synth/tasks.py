@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 IMAGE_SIZE = 32
 _CANVAS = 64  # scenes are drawn at 2× and downsampled (anti-aliasing)
+_CENTRE_JITTER = 5.0  # canvas px an unplaced object may move off-centre
 
 # --- vocabularies -------------------------------------------------------------------------
 FG_COLOURS: Dict[str, Tuple[int, int, int]] = {
@@ -144,9 +145,10 @@ def _rgb(table, name, rng, jitter=18):
 def _centre_for(position: Optional[str], half: float, rng) -> Tuple[float, float]:
     """A centre (canvas px) inside the named region, or anywhere the object fits."""
     lo, hi = half + 1, _CANVAS - half - 1
-    if position is None:
-        return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
     mid = _CANVAS / 2
+    if position is None:  # roughly centred, like MNIST / SVHN / GTSRB crops
+        jitter = min(_CENTRE_JITTER, max(0.0, mid - lo))
+        return float(mid + rng.uniform(-jitter, jitter)), float(mid + rng.uniform(-jitter, jitter))
     if position == "center":
         return float(mid + rng.uniform(-3, 3)), float(mid + rng.uniform(-3, 3))
     left = "left" in position
@@ -283,13 +285,24 @@ def render(scene: Scene, rng) -> np.ndarray:
 
 
 # --- captions -----------------------------------------------------------------------------
-def _object_phrase(obj: Obj, rng) -> str:
+# Caption policy: the attribute a task labels (its ``focus``) is always named in that task's
+# pretraining captions; every other attribute only sometimes. Without this, colour and
+# background alone tell a batch's captions apart and the text tower never learns shape,
+# digit or letter words.
+_P_OTHER = 0.5
+
+
+def _say(attr: str, focus: Optional[str], rng, p: float = _P_OTHER) -> bool:
+    return attr == focus or rng.random() < p
+
+
+def _object_phrase(obj: Obj, rng, focus: Optional[str]) -> str:
     words = []
-    if rng.random() < 0.6:
+    if _say("size", focus, rng):
         words.append(obj.size)
-    if rng.random() < 0.7:
+    if _say("colour", focus, rng):
         words.append(obj.colour)
-    if obj.fill == "outlined" or rng.random() < 0.3:
+    if _say("fill", focus, rng, 0.5 if obj.fill == "outlined" else 0.2):
         words.append(obj.fill)
     if obj.kind == "shape":
         words.append(obj.name)
@@ -301,44 +314,43 @@ def _object_phrase(obj: Obj, rng) -> str:
         t = obj.glyph_type
         if t == "digit":
             parity = "even" if int(obj.name) % 2 == 0 else "odd"
-            words.append(rng.choice([f"digit {obj.name}", f"{parity} digit {obj.name}", f"number {obj.name}"]))
+            words.append(f"{parity} digit {obj.name}" if _say("parity", focus, rng) else rng.choice([f"digit {obj.name}", f"number {obj.name}"]))
         elif t == "letter":
             case = "lowercase" if obj.char.islower() else "uppercase"
-            words.append(rng.choice([f"letter {obj.name}", f"{case} letter {obj.name}"]))
+            words.append(f"{case} letter {obj.name}" if _say("case", focus, rng) else f"letter {obj.name}")
         elif t == "symbol":
             words.append(f"{obj.name} symbol")
         else:
             words.append(f"greek letter {obj.name}")
-        if rng.random() < 0.5:
+        if _say("font", focus, rng):
             words.append(f"in {obj.font} font")
     return " ".join(words)
 
 
-def caption(scene: Scene, rng) -> str:
-    """A random CLIP-style caption naming a random subset of the scene's attributes."""
+def caption(scene: Scene, rng, focus: Optional[str] = None) -> str:
+    """A random CLIP-style caption of a scene; ``focus`` names the attribute always mentioned."""
     if "handwritten" in scene.extra:
         core = f"handwritten digit {scene.extra['handwritten']}"
     elif scene.count is not None:
         obj = scene.objects[0]
         noun = obj.name + ("s" if scene.count != "one" else "")
-        core = f"{scene.count} {obj.colour} {noun}" if rng.random() < 0.6 else f"{scene.count} {noun}"
+        core = f"{scene.count} {obj.colour} {noun}" if _say("colour", focus, rng) else f"{scene.count} {noun}"
     else:
-        core = _object_phrase(scene.objects[0], rng)
-        if scene.position is not None and rng.random() < 0.7:
+        core = _object_phrase(scene.objects[0], rng, focus)
+        if scene.position is not None and _say("position", focus, rng):
             core += f" at the {scene.position}"
     parts = [core]
-    if rng.random() < 0.6:
-        tex = "" if scene.texture == "plain" else f"{scene.texture} "
-        parts.append(f"on a {scene.background} {tex}background")
-    elif scene.texture != "plain" and rng.random() < 0.5:
-        parts.append(f"on a {scene.texture} background")
-    if scene.noise != "clean" and rng.random() < 0.7:
+    say_bg, say_tex = _say("background", focus, rng), _say("texture", focus, rng)
+    if say_bg or say_tex:
+        bg = f"{scene.background} " if say_bg else ""
+        tex = f"{scene.texture} " if say_tex else ""
+        parts.append(f"on a {bg}{tex}background")
+    if _say("noise", focus, rng, _P_OTHER if scene.noise != "clean" else 0.1):
         parts.append(f", {scene.noise}")
-    if scene.brightness != "normal" and rng.random() < 0.7:
+    if _say("brightness", focus, rng, _P_OTHER if scene.brightness != "normal" else 0.1):
         parts.append(f", {scene.brightness}")
     lead = rng.choice(["a photo of a", "an image of a", "a", "a picture of a"])
-    text = " ".join([lead] + parts).replace(" ,", ",")
-    return text.replace("  ", " ")
+    return " ".join([lead] + parts).replace(" ,", ",").replace("  ", " ")
 
 
 # --- tasks --------------------------------------------------------------------------------
@@ -350,9 +362,10 @@ class TaskSpec:
     classnames: Tuple[str, ...]
     templates: Tuple[str, ...]
     sample: Callable[[int, np.random.Generator], Scene]  # (label, rng) -> scene
+    focus: Optional[str] = None  # the scene attribute the label names (always captioned)
 
 
-def _nuisance(rng, p_texture=0.35, p_noise=0.2, p_dim=0.15) -> dict:
+def _nuisance(rng, p_texture=0.25, p_noise=0.1, p_dim=0.1) -> dict:
     return {
         "background": rng.choice(list(BG_COLOURS)),
         "texture": rng.choice(TEXTURES[1:]) if rng.random() < p_texture else "plain",
@@ -370,8 +383,9 @@ def _obj(rng, kind="shape", name=None, size=None, position=None, **kw) -> Tuple[
 
 
 def _single(rng, nuisance: Optional[dict] = None, **obj_kw) -> Scene:
+    """One object; identity tasks get mild nuisances (a tiny ViT must learn them from scratch)."""
     obj, position = _obj(rng, **obj_kw)
-    return Scene(objects=[obj], position=position, **(nuisance or _nuisance(rng)))
+    return Scene(objects=[obj], position=position, **(nuisance or _nuisance(rng, 0.1, 0.05, 0.05)))
 
 
 def _glyph(rng, name, char, glyph_type, font=None, **kw) -> Scene:
@@ -496,33 +510,33 @@ _TEST_FRACTION_HANDWRITTEN = 0.2
 TASKS: Dict[str, TaskSpec] = {}
 
 
-def _register(name, classnames, templates, sample):
-    TASKS[name] = TaskSpec(name, tuple(classnames), tuple(templates), sample)
+def _register(name, classnames, templates, sample, focus=None):
+    TASKS[name] = TaskSpec(name, tuple(classnames), tuple(templates), sample, focus)
 
 
 # The first 8 / 14 / 20 form the synth8 / synth14 / synth20 suites.
 _register("shapes", SHAPES, ["a photo of a {}.", "a {} shape.", "an image of a {}."], lambda y, rng: _single(rng, name=SHAPES[y]))
-_register("colors", list(FG_COLOURS), ["a photo of a {} object.", "something {}.", "a {} shape."], lambda y, rng: _any_object(rng, colour=list(FG_COLOURS)[y]))
+_register("colors", list(FG_COLOURS), ["a photo of a {} object.", "something {}.", "a {} shape."], lambda y, rng: _any_object(rng, colour=list(FG_COLOURS)[y]), focus="colour")
 _register("digits", DIGITS, ['a photo of the number: "{}".', "a photo of the digit {}.", "the number {}."], _digit_scene)
 _register(_HANDWRITTEN, DIGITS, ["a photo of the handwritten digit {}.", "handwritten digit {}."], None)
-_register("textures", TEXTURES, ["a photo of a {} background.", "a {} texture.", "a {} pattern."], _attr_task("texture", TEXTURES))
+_register("textures", TEXTURES, ["a photo of a {} background.", "a {} texture.", "a {} pattern."], _attr_task("texture", TEXTURES), focus="texture")
 _register("letters", LETTERS, ['a photo of the letter "{}".', "the letter {}.", "a photo of the uppercase letter {}."], _letter_scene)
-_register("position", POSITIONS, ["a photo of an object at the {}.", "a shape at the {}.", "something in the {}."], lambda y, rng: _any_object(rng, position=POSITIONS[y], size="small"))
+_register("position", POSITIONS, ["a photo of an object at the {}.", "a shape at the {}.", "something in the {}."], lambda y, rng: _any_object(rng, position=POSITIONS[y], size="small"), focus="position")
 _register("counting", COUNTS, ["a photo of {} objects.", "{} shapes.", "a picture of {} things."], _counting_scene)
 # synth14
 _register("orientation", ORIENTATIONS, ["a photo of a {} bar.", "a {} line.", "a {} stripe."], _orientation_scene)
-_register("size", SIZES, ["a photo of a {} object.", "a {} shape.", "a {} thing."], lambda y, rng: _any_object(rng, size=SIZES[y]))
-_register("noise", NOISES, ["a {} photo.", "a {} image.", "a photo that is {}."], _attr_task("noise", NOISES))
-_register("background", list(BG_COLOURS), ["a photo on a {} background.", "an object on {}.", "a {} background."], _attr_task("background", list(BG_COLOURS)))
-_register("fonts", _TEXT_FONTS, ["a letter in {} font.", "text in a {} font.", "a photo of {} type."], _font_scene)
+_register("size", SIZES, ["a photo of a {} object.", "a {} shape.", "a {} thing."], lambda y, rng: _any_object(rng, size=SIZES[y]), focus="size")
+_register("noise", NOISES, ["a {} photo.", "a {} image.", "a photo that is {}."], _attr_task("noise", NOISES), focus="noise")
+_register("background", list(BG_COLOURS), ["a photo on a {} background.", "an object on {}.", "a {} background."], _attr_task("background", list(BG_COLOURS)), focus="background")
+_register("fonts", _TEXT_FONTS, ["a letter in {} font.", "text in a {} font.", "a photo of {} type."], _font_scene, focus="font")
 _register("arrows", ARROWS, ["a photo of an arrow pointing {}.", "an arrow pointing {}.", "a {} arrow."], _arrow_scene)
 # synth20
 _register("symbols", list(SYMBOLS), ["a photo of a {} symbol.", "a {} sign.", "the {} symbol."], _symbol_scene)
 _register("greek", list(GREEK), ["a photo of the greek letter {}.", "the greek letter {}.", "the symbol {}."], _greek_scene)
-_register("brightness", BRIGHTNESS, ["a {} photo.", "a {} image.", "a photo that is {}."], _attr_task("brightness", BRIGHTNESS))
-_register("parity", ["odd", "even"], ["a photo of an {} digit.", "an {} number.", "a {} number."], _parity_scene)
-_register("fill", FILLS, ["a photo of a {} shape.", "a {} object.", "something {}."], _fill_scene)
-_register("case", ["uppercase", "lowercase"], ["a photo of an {} letter.", "an {} letter.", "a {} character."], _case_scene)
+_register("brightness", BRIGHTNESS, ["a {} photo.", "a {} image.", "a photo that is {}."], _attr_task("brightness", BRIGHTNESS), focus="brightness")
+_register("parity", ["odd", "even"], ["a photo of an {} digit.", "an {} number.", "a {} number."], _parity_scene, focus="parity")
+_register("fill", FILLS, ["a photo of a {} shape.", "a {} object.", "something {}."], _fill_scene, focus="fill")
+_register("case", ["uppercase", "lowercase"], ["a photo of an {} letter.", "an {} letter.", "a {} character."], _case_scene, focus="case")
 
 TASK_NAMES: Tuple[str, ...] = tuple(TASKS)
 SUITES: Dict[int, Tuple[str, ...]] = {8: TASK_NAMES[:8], 14: TASK_NAMES[:14], 20: TASK_NAMES[:20]}
@@ -539,7 +553,7 @@ def generate(task: str, split: str, n: int, seed: int, with_captions: bool = Fal
     Args:
         task: a name in ``TASK_NAMES``.
         split: ``"train"``, ``"test"`` or ``"pretrain"``; each has its own random stream, and
-            ``handwritten_digits`` uses disjoint halves of the UCI digits for test and the rest.
+            ``handwritten_digits`` uses a fixed 20% (test) / 80% split of the UCI digits.
         n: number of images (classes are balanced up to rounding; ``handwritten_digits`` is
             capped by the data available in its split).
         seed: the suite seed.
@@ -572,7 +586,7 @@ def generate(task: str, split: str, n: int, seed: int, with_captions: bool = Fal
             images.append(render(scene, rng))
             labels.append(int(y))
             if with_captions:
-                captions.append(caption(scene, rng))
+                captions.append(caption(scene, rng, spec.focus))
     out = (np.stack(images), np.asarray(labels, dtype=np.int64))
     return (*out, captions) if with_captions else out
 

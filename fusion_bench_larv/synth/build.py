@@ -1,0 +1,362 @@
+"""Build, cache and locate the ``tinyclip_synth`` assets (datasets, pretrained CLIP, fine-tuned towers).
+
+Layout under ``<cache dir>/tinyclip_synth_seed<seed>/``::
+
+    manifest.json            seed, recipe, per-artefact build times
+    prompts.json             {task: {"classnames": [...], "templates": [...]}} for the whole suite
+    data/<task>/{train,test} datasets.Dataset.save_to_disk, columns image (PIL) / label
+    pretrained/              CLIPModel + CLIPProcessor (save_pretrained)
+    finetuned/<task>/        CLIPVisionModel (save_pretrained)
+
+Every artefact is written to a temporary sibling and renamed into place when complete, so an
+interrupted build resumes where it stopped, and a present artefact is never rebuilt. The
+pretrained model is trained on captions of *all* ``recipe.suite`` tasks, whatever subset is
+being built, so the 8-task build is a prefix of the 14- and 20-task builds.
+
+Cache dir: ``$FUSION_BENCH_LARV_CACHE``, else ``$XDG_CACHE_HOME/fusion_bench_larv``, else
+``~/.cache/fusion_bench_larv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .model import ModelSize
+from .tasks import TASK_NAMES, generate, prompts
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+BUILD_COMMAND = "python -m fusion_bench_larv.synth build --tasks {n}"
+
+
+@dataclass
+class Recipe:
+    """Everything that determines the assets (recorded in the manifest).
+
+    Attributes:
+        seed: suite seed (data, initialisation, batch order).
+        suite: the first ``suite`` tasks of ``TASK_NAMES`` caption the pretraining data; every
+            built task must be one of them.
+        n_train / n_test: images per task and split (``handwritten_digits`` is capped by the
+            1797 UCI digits: 20% test).
+        pretrain_per_task: pretraining images per suite task (own random stream).
+        pretrain_*: contrastive pretraining schedule (AdamW, cosine, 10% warm-up); with
+            ``pretrain_tasks_per_batch`` > 0 each batch mixes that many tasks (hard negatives),
+            with 0 batches are uniform over the suite.
+        finetune_*: per-task fine-tuning schedule of the vision tower; the loss uses the fixed
+            temperature ``finetune_logit_scale`` (100, OpenAI CLIP's trained value) because
+            the tiny CLIP's own (≈15) makes near-parallel class embeddings untrainable.
+        model: architecture (``ModelSize``).
+    """
+
+    seed: int = 0
+    suite: int = 20
+    n_train: int = 3000
+    n_test: int = 400
+    pretrain_per_task: int = 1000
+    pretrain_steps: int = 800
+    pretrain_batch: int = 128
+    pretrain_lr: float = 1e-3
+    pretrain_tasks_per_batch: int = 0
+    finetune_steps: int = 400
+    finetune_batch: int = 64
+    finetune_lr: float = 1e-3
+    finetune_logit_scale: float = 100.0
+    weight_decay: float = 0.1
+    model: ModelSize = field(default_factory=ModelSize)
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelSize(**self.model)
+        if not 1 <= self.suite <= len(TASK_NAMES):
+            raise ValueError(f"`suite` must be in 1..{len(TASK_NAMES)}, got {self.suite}")
+        for key in ("n_train", "n_test", "pretrain_per_task", "pretrain_steps", "pretrain_batch", "finetune_steps", "finetune_batch"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"`{key}` must be >= 1, got {getattr(self, key)}")
+        if self.pretrain_tasks_per_batch < 0:
+            raise ValueError(f"`pretrain_tasks_per_batch` must be >= 0, got {self.pretrain_tasks_per_batch}")
+        for key in ("pretrain_lr", "finetune_lr", "finetune_logit_scale"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"`{key}` must be > 0, got {getattr(self, key)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("FUSION_BENCH_LARV_CACHE"):
+        return Path(os.environ["FUSION_BENCH_LARV_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "fusion_bench_larv"
+
+
+class Assets:
+    """Paths of one asset tree (``<cache>/tinyclip_synth_seed<seed>``)."""
+
+    def __init__(self, cache_dir: Union[str, Path, None] = None, seed: int = 0):
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.seed = int(seed)
+        self.root = self.cache_dir / f"tinyclip_synth_seed{self.seed}"
+
+    manifest = property(lambda self: self.root / "manifest.json")
+    prompts = property(lambda self: self.root / "prompts.json")
+    pretrained = property(lambda self: self.root / "pretrained")
+
+    def data(self, task: str, split: Optional[str] = None) -> Path:
+        path = self.root / "data" / task
+        return path / split if split else path
+
+    def finetuned(self, task: str) -> Path:
+        return self.root / "finetuned" / task
+
+    def missing(self, tasks: Sequence[str], finetuned: bool = True) -> List[str]:
+        """Artefact names (``data/<task>``, ``pretrained``, ``finetuned/<task>``) not yet built."""
+        out = [] if self.prompts.exists() else ["prompts"]
+        out += [f"data/{t}" for t in tasks if not self.data(t).exists()]
+        out += [] if self.pretrained.exists() else ["pretrained"]
+        if finetuned:
+            out += [f"finetuned/{t}" for t in tasks if not self.finetuned(t).exists()]
+        return out
+
+    def read_manifest(self) -> Optional[dict]:
+        return json.loads(self.manifest.read_text()) if self.manifest.exists() else None
+
+    def recipe(self) -> Optional[Recipe]:
+        manifest = self.read_manifest()
+        return Recipe(**manifest["recipe"]) if manifest else None
+
+
+@contextlib.contextmanager
+def _atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory that is renamed to ``final`` when the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _torch_seed(recipe: Recipe, what: str) -> int:
+    return (recipe.seed * 1_000_003 + zlib.crc32(what.encode())) % (2**31)
+
+
+def _save_dataset(images: np.ndarray, labels: np.ndarray, classnames: List[str], path: Path) -> None:
+    import datasets
+    from PIL import Image
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classnames)})
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(x) for x in images], "label": labels.tolist()}, features=features
+    )
+    ds.save_to_disk(str(path))
+
+
+def _load_split(assets: Assets, task: str, split: str):
+    import datasets
+
+    ds = datasets.load_from_disk(str(assets.data(task, split))).with_format("numpy")
+    return np.asarray(ds["image"], dtype=np.uint8), np.asarray(ds["label"], dtype=np.int64)
+
+
+def _pairs(classnames, templates):
+    return [(c, t) for c in classnames for t in templates]
+
+
+def check_tasks(tasks: Sequence[str], recipe: Recipe) -> List[str]:
+    suite = TASK_NAMES[: recipe.suite]
+    bad = [t for t in tasks if t not in suite]
+    if bad:
+        raise ValueError(f"tasks {bad} are not in this recipe's suite (suite={recipe.suite}): {list(suite)}")
+    return list(tasks)
+
+
+def build(
+    tasks: Sequence[str],
+    cache_dir: Union[str, Path, None] = None,
+    recipe: Optional[Recipe] = None,
+    seed: int = 0,
+    threads: Optional[int] = 1,
+) -> Assets:
+    """Build whatever is missing for ``tasks``; return the ``Assets``.
+
+    Args:
+        tasks: task names (a subset of the recipe's suite).
+        cache_dir: cache root (default: ``default_cache_dir()``).
+        recipe: the recipe; ``None`` uses the one recorded in the manifest, else ``Recipe(seed)``.
+            A recipe that differs from the recorded one raises ``ValueError``.
+        seed: used only when ``recipe`` is ``None``.
+        threads: torch CPU threads while building (restored afterwards); ``None`` keeps
+            torch's setting. The default 1 is the fastest on a shared small machine (OpenMP
+            threads spin-wait when the cores are busy) and makes the float reduction order,
+            hence the weights, independent of the machine's core count.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _build(tasks, cache_dir, recipe, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build(tasks, cache_dir, recipe, seed) -> Assets:
+    from transformers import CLIPModel, CLIPProcessor
+
+    assets = Assets(cache_dir, recipe.seed if recipe else seed)
+    recorded = assets.recipe()
+    if recipe is None:
+        recipe = recorded or Recipe(seed=assets.seed)
+    elif recorded is not None and recorded.to_dict() != recipe.to_dict():
+        diff = {k: (v, recipe.to_dict()[k]) for k, v in recorded.to_dict().items() if recipe.to_dict()[k] != v}
+        raise ValueError(
+            f"{assets.root} was built with another recipe (recorded, requested): {diff}; "
+            f"use another --cache-dir or delete that folder"
+        )
+    tasks = check_tasks(tasks, recipe)
+    todo = assets.missing(tasks)
+    manifest = assets.read_manifest() or {
+        "version": MANIFEST_VERSION,
+        "seed": recipe.seed,
+        "recipe": recipe.to_dict(),
+        "timings_s": {},
+    }
+    if not todo:
+        log.info("tinyclip_synth assets complete in %s", assets.root)
+        return assets
+    assets.root.mkdir(parents=True, exist_ok=True)
+    _write_json(assets.manifest, manifest)
+    log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, ", ".join(todo))
+    suite = list(TASK_NAMES[: recipe.suite])
+    timings: Dict[str, float] = manifest["timings_s"]
+
+    def done(name: str, start: float) -> None:
+        timings[name] = round(time.perf_counter() - start, 1)
+        _write_json(assets.manifest, manifest)
+        log.info("built %s in %.1f s", name, timings[name])
+
+    if "prompts" in todo:
+        start = time.perf_counter()
+        table = {t: dict(zip(("classnames", "templates"), prompts(t))) for t in suite}
+        _write_json(assets.prompts, table)
+        done("prompts", start)
+
+    for task in tasks:
+        if f"data/{task}" in todo:
+            start = time.perf_counter()
+            classnames, _ = prompts(task)
+            with _atomic_dir(assets.data(task)) as tmp:
+                for split, n in (("train", recipe.n_train), ("test", recipe.n_test)):
+                    images, labels = generate(task, split, n, recipe.seed)
+                    _save_dataset(images, labels, classnames, tmp / split)
+            done(f"data/{task}", start)
+
+    if "pretrained" in todo:
+        start = time.perf_counter()
+        from tqdm.auto import tqdm
+
+        from . import model as M
+
+        images, captions, groups = [], [], []
+        for i, task in enumerate(tqdm(suite, desc="pretraining data", leave=False)):
+            x, _, c = generate(task, "pretrain", recipe.pretrain_per_task, recipe.seed, with_captions=True)
+            images.append(x)
+            captions += c
+            groups += [i] * len(x)
+        with _atomic_dir(assets.pretrained) as tmp:
+            prompt_texts = [t.format(c) for task in suite for c, t in _pairs(*prompts(task))]
+            processor = M.build_processor(tmp, recipe.model, corpus=captions + prompt_texts)
+            torch.manual_seed(_torch_seed(recipe, "pretrained"))
+            clip = M.build_clip(recipe.model, processor.tokenizer)
+            losses = M.pretrain(
+                clip,
+                processor,
+                np.concatenate(images),
+                captions,
+                steps=recipe.pretrain_steps,
+                batch_size=recipe.pretrain_batch,
+                lr=recipe.pretrain_lr,
+                weight_decay=recipe.weight_decay,
+                seed=_torch_seed(recipe, "pretrain-batches"),
+                groups=np.asarray(groups) if recipe.pretrain_tasks_per_batch > 0 else None,
+                groups_per_batch=recipe.pretrain_tasks_per_batch,
+            )
+            clip.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        manifest["pretrain_loss"] = {"first": losses[0], "last10_mean": float(np.mean(losses[-10:]))}
+        done("pretrained", start)
+
+    todo_ft = [t for t in tasks if f"finetuned/{t}" in todo]
+    if todo_ft:
+        from tqdm.auto import tqdm
+
+        from . import model as M
+
+        clip = CLIPModel.from_pretrained(str(assets.pretrained)).eval()
+        processor = CLIPProcessor.from_pretrained(str(assets.pretrained), use_fast=False)
+        for task in tqdm(todo_ft, desc="fine-tune towers"):
+            start = time.perf_counter()
+            images, labels = _load_split(assets, task, "train")
+            head = M.zeroshot_head(clip, processor, *prompts(task))
+            tower = M.finetune(
+                clip,
+                head,
+                images,
+                labels,
+                steps=recipe.finetune_steps,
+                batch_size=recipe.finetune_batch,
+                lr=recipe.finetune_lr,
+                weight_decay=recipe.weight_decay,
+                seed=_torch_seed(recipe, f"finetune/{task}"),
+                logit_scale=recipe.finetune_logit_scale,
+                desc=f"fine-tune {task}",
+            )
+            with _atomic_dir(assets.finetuned(task)) as tmp:
+                tower.save_pretrained(tmp)
+            done(f"finetuned/{task}", start)
+    return assets
+
+
+def ensure(
+    tasks: Sequence[str],
+    cache_dir: Union[str, Path, None] = None,
+    seed: int = 0,
+    build_if_missing: bool = True,
+    finetuned: bool = True,
+) -> Assets:
+    """Return the ``Assets`` for ``tasks``, building what is missing (or raising a clear error)."""
+    assets = Assets(cache_dir, seed)
+    missing = assets.missing(tasks, finetuned=finetuned)
+    if not missing:
+        return assets
+    n = next((k for k in (8, 14, 20) if set(tasks) <= set(TASK_NAMES[:k])), len(TASK_NAMES))
+    command = BUILD_COMMAND.format(n=n) + (f" --seed {seed}" if seed else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
+    if not build_if_missing:
+        raise FileNotFoundError(
+            f"tinyclip_synth assets missing in {assets.root}: {', '.join(missing)}. Build them with: {command}"
+        )
+    log.warning("tinyclip_synth assets missing in %s (%s); building them now (same as `%s`)", assets.root, ", ".join(missing), command)
+    return build(tasks, cache_dir=cache_dir, seed=seed)

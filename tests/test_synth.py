@@ -1,0 +1,245 @@
+"""The synthetic suite: generator, build (resume, recipe checks), pools and configs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fusion_bench_larv.synth import build as build_mod
+from fusion_bench_larv.synth import model as model_mod
+from fusion_bench_larv.synth.build import Assets, Recipe, build, default_cache_dir, ensure
+from fusion_bench_larv.synth.tasks import SUITES, TASK_NAMES, TASKS, generate, prompts
+
+from conftest import OFFLINE_ENV, fusion_bench_executable, tiny_recipe
+
+
+# --- generator ----------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["shapes", "digits", "handwritten_digits", "counting", "fonts", "symbols"])
+def test_generator_is_deterministic(task):
+    a, ya = generate(task, "train", 24, seed=0)
+    b, yb = generate(task, "train", 24, seed=0)
+    assert a.dtype == np.uint8 and a.shape == (24, 32, 32, 3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ya, yb)
+    c, _ = generate(task, "train", 24, seed=1)
+    d, _ = generate(task, "test", 24, seed=0)
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+def test_suite_shape_and_prompts():
+    assert len(TASK_NAMES) == 20 and len(set(TASK_NAMES)) == 20
+    assert SUITES[8] == TASK_NAMES[:8] and SUITES[14][:8] == SUITES[8] and SUITES[20][:14] == SUITES[14]
+    for name in TASK_NAMES:
+        classnames, templates = prompts(name)
+        assert len(classnames) >= 2 and len(set(classnames)) == len(classnames), name
+        assert templates and all(t.count("{}") == 1 for t in templates), name
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_every_task_is_balanced_varied_and_class_dependent(task):
+    """Sanity of each task: all classes present, images vary, class means differ."""
+    images, labels = generate(task, "test", 120, seed=0)
+    k = len(TASKS[task].classnames)
+    assert set(labels.tolist()) == set(range(k))
+    assert images.reshape(len(images), -1).std(0).mean() > 10  # not constant images
+    means = np.stack([images[labels == y].reshape(-1, 32 * 32 * 3).mean(0) for y in range(k)])
+    assert np.abs(means - means.mean(0)).mean() > 0.5  # the label changes the pixels
+
+
+def test_handwritten_digits_is_real_data_with_disjoint_splits():
+    from sklearn.datasets import load_digits
+
+    train, _ = generate("handwritten_digits", "train", 5000, seed=0)
+    test, _ = generate("handwritten_digits", "test", 5000, seed=0)
+    assert len(train) + len(test) == len(load_digits().target)
+    # images are re-tinted/shifted per draw, so compare the 8x8 sources via the split permutation
+    assert len(test) == int(len(load_digits().target) * 0.2)
+
+
+def test_captions_cover_every_task_vocabulary():
+    text = []
+    for task in TASK_NAMES:
+        _, _, captions = generate(task, "pretrain", 60, seed=0, with_captions=True)
+        text += captions
+    corpus = " ".join(text).lower()  # the CLIP tokenizer lowercases
+    for task in TASK_NAMES:
+        classnames, _ = prompts(task)
+        missing = [c for c in classnames if c.lower() not in corpus]
+        assert not missing, f"{task}: class names never captioned: {missing}"
+
+
+# --- model pieces -------------------------------------------------------------------------
+def test_processor_matches_training_pixels_and_fast_tokenizer(tiny_synth):
+    from transformers import CLIPProcessor, CLIPTokenizer
+
+    images, _ = generate("shapes", "test", 4, seed=0)
+    processor = CLIPProcessor.from_pretrained(str(tiny_synth.assets.pretrained))
+    from PIL import Image
+
+    ours = model_mod.to_pixels(images)
+    theirs = processor(images=[Image.fromarray(x) for x in images], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    slow = CLIPTokenizer.from_pretrained(str(tiny_synth.assets.pretrained))
+    text = ['a photo of the number: "7".', "a small red circle at the top left, salt and pepper"]
+    assert processor.tokenizer(text)["input_ids"] == slow(text)["input_ids"]
+
+
+def test_finetuned_towers_differ_task_dependently(tiny_synth):
+    models = tiny_synth.load_models()
+    base = {k: v for k, v in models.pop("_pretrained_").state_dict().items()}
+    vectors = {}
+    for task, tower in models.items():
+        sd = tower.state_dict()
+        assert sd.keys() == base.keys()
+        vectors[task] = torch.cat([(sd[k] - base[k]).flatten() for k in base])
+        assert vectors[task].norm() > 1e-3, task
+    tasks = list(vectors)
+    for i, a in enumerate(tasks):
+        for b in tasks[i + 1 :]:
+            cos = torch.nn.functional.cosine_similarity(vectors[a], vectors[b], dim=0)
+            assert cos < 0.99, (a, b, float(cos))
+
+
+# --- build: resume, recipe, cache ---------------------------------------------------------
+def test_build_is_resumable_and_rebuilds_only_what_is_missing(tmp_path, monkeypatch):
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=3, finetune_steps=2)
+    tasks = list(TASK_NAMES[:2])
+    assets = build(tasks, cache_dir=tmp_path, recipe=recipe)
+    assert assets.missing(tasks) == []
+    manifest = assets.read_manifest()
+    assert manifest["seed"] == 0 and manifest["recipe"] == recipe.to_dict()
+    assert set(manifest["timings_s"]) >= {"pretrained", *(f"finetuned/{t}" for t in tasks), *(f"data/{t}" for t in tasks)}
+    assert not list(tmp_path.rglob(".*.tmp-*")), "temporary folders left behind"
+
+    # a second call rebuilds nothing
+    calls = []
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nothing should be rebuilt")
+
+    monkeypatch.setattr(build_mod, "generate", forbidden)
+    monkeypatch.setattr(model_mod, "pretrain", forbidden)
+    monkeypatch.setattr(model_mod, "finetune", forbidden)
+    assert build(tasks, cache_dir=tmp_path, recipe=recipe).missing(tasks) == []
+    assert build(tasks, cache_dir=tmp_path).missing(tasks) == []  # recipe read from the manifest
+
+    # delete one artefact: only that one is rebuilt
+    before = (assets.finetuned(tasks[0]) / "model.safetensors").read_bytes()
+    shutil.rmtree(assets.finetuned(tasks[1]))
+    monkeypatch.undo()
+    real_finetune = model_mod.finetune
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(build_mod, "generate", forbidden)
+    monkeypatch.setattr(model_mod, "pretrain", forbidden)
+    monkeypatch.setattr(model_mod, "finetune", counting)
+    build(tasks, cache_dir=tmp_path, recipe=recipe)
+    assert calls == [f"fine-tune {tasks[1]}"]
+    assert (assets.finetuned(tasks[0]) / "model.safetensors").read_bytes() == before
+    assert assets.missing(tasks) == []
+
+
+def test_rebuild_reproduces_the_same_weights(tmp_path):
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=3, finetune_steps=2)
+    tasks = list(TASK_NAMES[:1])
+    a = build(tasks, cache_dir=tmp_path / "a", recipe=recipe)
+    b = build(tasks, cache_dir=tmp_path / "b", recipe=recipe)
+    for path in ("pretrained/model.safetensors", f"finetuned/{tasks[0]}/model.safetensors"):
+        assert (a.root / path).read_bytes() == (b.root / path).read_bytes(), path
+
+
+def test_recipe_mismatch_and_missing_assets_are_clear(tmp_path):
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1)
+    build(["shapes"], cache_dir=tmp_path, recipe=recipe)
+    with pytest.raises(ValueError, match="another recipe.*finetune_steps"):
+        build(["shapes"], cache_dir=tmp_path, recipe=tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=5))
+    with pytest.raises(ValueError, match="not in this recipe's suite"):
+        build(["textures"], cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"python -m fusion_bench_larv.synth build --tasks 8"):
+        ensure(["shapes"], cache_dir=tmp_path / "empty", build_if_missing=False)
+    with pytest.raises(ValueError, match="suite"):
+        Recipe(suite=0)
+
+
+def test_pool_builds_missing_artefact_or_names_the_command(tmp_path):
+    from fusion_bench_larv.synth.pools import SynthCLIPVisionModelPool
+
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1)
+    tasks = list(TASK_NAMES[:2])
+    assets = build(tasks, cache_dir=tmp_path, recipe=recipe)
+    shutil.rmtree(assets.finetuned(tasks[1]))
+    with pytest.raises(FileNotFoundError, match=f"finetuned/{tasks[1]}.*python -m fusion_bench_larv.synth build"):
+        SynthCLIPVisionModelPool(tasks, cache_dir=str(tmp_path), build_if_missing=False)
+    pool = SynthCLIPVisionModelPool(tasks, cache_dir=str(tmp_path))  # rebuilt with the manifest's recipe
+    assert assets.missing(tasks) == [] and pool.model_names == tasks
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("FUSION_BENCH_LARV_CACHE", str(tmp_path / "x"))
+    assert default_cache_dir() == tmp_path / "x"
+    monkeypatch.delenv("FUSION_BENCH_LARV_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "fusion_bench_larv"
+    assert Assets(None, seed=3).root == tmp_path / "xdg" / "fusion_bench_larv" / "tinyclip_synth_seed3"
+
+
+def test_pools_point_at_assets(tiny_synth):
+    from fusion_bench_larv.synth.pools import SynthCLIPTaskPool, SynthCLIPVisionModelPool
+
+    pool = SynthCLIPVisionModelPool(tiny_synth.tasks, cache_dir=str(tiny_synth.cache_dir), build_if_missing=False)
+    assert pool.model_names == tiny_synth.tasks and pool.has_pretrained
+    assert pool.load_processor().tokenizer is not None
+    single = SynthCLIPVisionModelPool(tiny_synth.tasks, cache_dir=str(tiny_synth.cache_dir), individual="digits")
+    assert single.all_model_names == ["_pretrained_"]
+    taskpool = SynthCLIPTaskPool(tiny_synth.tasks, cache_dir=str(tiny_synth.cache_dir), build_if_missing=False)
+    names, templates = taskpool.get_classnames_and_templates("digits")
+    assert names == [str(d) for d in range(10)] and templates[0]("3") == 'a photo of the number: "3".'
+
+
+# --- configs ------------------------------------------------------------------------------
+def _compose(overrides):
+    import fusion_bench_config
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    config_dir = str(list(fusion_bench_config.__path__)[0])  # a namespace package: no __file__
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return compose(config_name="fabric_model_fusion", overrides=overrides)
+
+
+@pytest.mark.parametrize("n", [8, 14, 20])
+def test_modelpool_configs_select_their_taskpool(n):
+    cfg = _compose([f"modelpool=tinyclip_synth{n}"])
+    assert cfg.modelpool._target_ == "fusion_bench_larv.synth.pools.SynthCLIPVisionModelPool"
+    assert list(cfg.modelpool.tasks) == list(SUITES[n])
+    assert cfg.taskpool._target_ == "fusion_bench_larv.synth.pools.SynthCLIPTaskPool"
+    assert list(cfg.taskpool.tasks) == list(SUITES[n])
+    assert cfg.taskpool.dataloader_kwargs.num_workers == 0 and cfg.taskpool.dataloader_kwargs.pin_memory is False
+    explicit = _compose([f"modelpool=tinyclip_synth{n}", "taskpool=dummy"])
+    assert explicit.taskpool._target_ == "fusion_bench.taskpool.DummyTaskPool"
+
+
+def test_cli_cfg_job_shows_pool_and_taskpool(tmp_path):
+    proc = subprocess.run(
+        [fusion_bench_executable(), "--cfg", "job", "modelpool=tinyclip_synth8", "modelpool.cache_dir=/somewhere"],
+        cwd=tmp_path,
+        env={**__import__("os").environ, **OFFLINE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["modelpool"]["tasks"] == list(SUITES[8])
+    assert cfg["taskpool"]["tasks"] == list(SUITES[8])
+    assert cfg["taskpool"]["cache_dir"] == "${oc.select:modelpool.cache_dir,null}"
+    assert not (tmp_path / "outputs").exists()
