@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from fusion_bench.programs import FabricModelFusionProgram
 
@@ -73,6 +73,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; reports are ordinary shared files
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, **dump_kwargs)
             f.flush()

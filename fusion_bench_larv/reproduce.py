@@ -2,8 +2,9 @@
 
 One sub-command per experiment; each expands to one or more ``fusion_bench --multirun`` commands
 (a Hydra sweep is a cartesian product, so the jobs of an experiment are grouped into as few
-products as possible: e.g. the main table's 36 jobs are 5 sweeps, because the bare mergers take
-different hyperparameter keys).
+products as possible: e.g. the main table's 36 jobs are 6 sweeps: simple averaging and the six
+LARV configs over the three backbones in one, then one per bare merger with hyperparameter
+overrides, because Hydra cannot sweep ``method=a,b`` together with ``method.x=...``).
 
 ======================  ==========================================================================
 sub-command             jobs (real FusionBench checkpoints, ``--suite fusionbench``)
@@ -17,6 +18,7 @@ sub-command             jobs (real FusionBench checkpoints, ``--suite fusionbenc
 ``generalization``      B/32 × {exp1, exp2} × 6 mergers × {bare, +LARV}                   = 24
 ``nlp``                 Flan-T5-base LoRA-16 × 8 GLUE tasks × 6 mergers × {bare, +LARV}   = 12
 ``individual``          fine-tuned models evaluated alone (for normalized accuracy)      = 3×8
+                        (``--suite tinyclip``: one job per task of each ``--tasks`` pool)
 ``all``                 every experiment above (identical jobs run once)
 ======================  ==========================================================================
 
@@ -221,21 +223,51 @@ def _job(*pairs: Tuple[str, str]) -> Job:
     return Job(tuple((k, str(v)) for k, v in pairs))
 
 
-def group_into_sweeps(experiment: str, jobs: Sequence[Job], axes: Sequence[str]) -> List[Sweep]:
+#: config groups and the key prefixes a sweep over them must not be combined with (a model-pool
+#: alias also selects the task pool)
+GROUP_DEPENDENTS: Dict[str, Tuple[str, ...]] = {
+    "method": ("method.",),
+    "modelpool": ("modelpool.", "taskpool."),
+    "taskpool": ("taskpool.",),
+}
+
+
+def sweepable(axis: str, other_keys: Iterable[str]) -> bool:
+    """Whether Hydra can sweep ``axis`` while ``other_keys`` are also overridden.
+
+    Hydra composes a multirun's master config with the config groups' *defaults* (a group sweep
+    ``method=a,b`` is not applied yet) plus every non-sweep override; an override of a sub-key
+    of the swept group (``method.scaling_factor=0.3`` with ``method=a,b``, or
+    ``taskpool.tasks=...`` with a model-pool alias sweep) then fails with "Key ... is not in
+    struct". Such a group is not swept: its values get one command each.
+    """
+    prefixes = GROUP_DEPENDENTS.get(axis)
+    if prefixes is None:
+        return True
+    return not any(k.lstrip("+~").startswith(prefixes) for k in other_keys)
+
+
+def group_into_sweeps(experiment: str, jobs: Sequence[Job], axes: Sequence[str],
+                      extra_keys: Iterable[str] = ()) -> List[Sweep]:
     """Group jobs into as few Hydra sweeps (cartesian products over ``axes``) as possible.
 
-    Jobs with the same override keys and the same non-axis values are candidates for one sweep;
-    a candidate group that is not a full product is split along its first multi-valued axis,
-    recursively, so every emitted sweep expands to exactly its jobs (never more).
+    Jobs with the same override keys and the same values on every non-swept key are candidates
+    for one sweep; a candidate group that is not a full product is split along its first
+    multi-valued axis, recursively, so every emitted sweep expands to exactly its jobs (never
+    more). A config group is only swept when no sub-key of it is also overridden
+    (:func:`sweepable`); ``extra_keys`` are the keys of the overrides added to every command.
     """
+    extra_keys = tuple(extra_keys)
     unique: "OrderedDict[Tuple, Job]" = OrderedDict((j.overrides, j) for j in jobs)
-    groups: "OrderedDict[Tuple, List[Job]]" = OrderedDict()
+    groups: "OrderedDict[Tuple, Tuple[List[str], List[Job]]]" = OrderedDict()
     for j in unique.values():
-        fixed = tuple((k, v) for k, v in j.overrides if k not in axes)
-        groups.setdefault((j.keys(), fixed), []).append(j)
+        keys = j.keys()
+        job_axes = [a for a in axes if a in keys and sweepable(a, [k for k in keys if k != a] + list(extra_keys))]
+        fixed = tuple((k, v) for k, v in j.overrides if k not in job_axes)
+        groups.setdefault((keys, fixed), (job_axes, []))[1].append(j)
     sweeps: List[Sweep] = []
-    for (keys, _), members in groups.items():
-        sweeps.extend(_split_product(experiment, keys, members, [a for a in axes if a in keys]))
+    for (keys, _), (job_axes, members) in groups.items():
+        sweeps.extend(_split_product(experiment, keys, members, job_axes))
     return sweeps
 
 
@@ -342,7 +374,15 @@ def build_jobs(experiment: str, args: argparse.Namespace) -> List[Job]:
         prefix = [("modelpool", NLP_MODELPOOL), ("taskpool", NLP_TASKPOOL)]
         jobs += _variant_jobs(prefix, mergers, variants, [("method.block_pattern", NLP_BLOCK_PATTERN)])
     elif experiment == "individual":
-        _only_fusionbench(args, experiment)
+        if args.suite == "tinyclip":
+            # the synthetic pool's `individual` key pools one task's fine-tuned tower alone
+            from .synth.tasks import SUITES as SYNTH_SUITES
+
+            for n in args.tasks:
+                for t in SYNTH_SUITES[n]:
+                    jobs.append(_job(("modelpool", clip_modelpool(args.suite, TINYCLIP_BACKBONE, n)),
+                                     ("method", "dummy"), ("modelpool.individual", t)))
+            return jobs
         for b in args.backbones:
             name = BACKBONES[b][0]
             for t in TA8_TASKS:
@@ -371,7 +411,7 @@ SWEEP_AXES: Dict[str, Tuple[str, ...]] = {
     "robustness": ("+corruption", "method"),
     "generalization": ("modelpool", "method"),
     "nlp": ("method",),
-    "individual": ("+individual_task",),
+    "individual": ("+individual_task", "modelpool.individual", "modelpool"),
 }
 
 
@@ -406,7 +446,7 @@ def job_dir_template(output: str) -> str:
 
 def sweep_command(sweep: Sweep, index: int, args: argparse.Namespace) -> List[str]:
     """The ``fusion_bench --multirun`` argument list of one sweep."""
-    output = args.output.rstrip("/")
+    output = os.path.abspath(args.output)  # jobs on other hosts / cwds (SLURM) find the same folders
     plumbing_keys = list(PLUMBING_KEYS) + [o.split("=", 1)[0].lstrip("+~") for o in args.plumbing]
     exclude = "[" + ",".join(dict.fromkeys(plumbing_keys)) + "]"
     cmd = ["fusion_bench", "--multirun"]
@@ -442,14 +482,15 @@ def plan(args: argparse.Namespace) -> List[Tuple[Sweep, List[str]]]:
     """Every (sweep, command) of the requested experiment(s), in order."""
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     if args.experiment == "all" and args.suite != "fusionbench":
-        experiments = [e for e in experiments if e in ("main", "tall", "gates", "tiers", "diagnostics")]
+        experiments = [e for e in experiments if e in ("main", "tall", "gates", "tiers", "diagnostics", "individual")]
     seen = set()
     out: List[Tuple[Sweep, List[str]]] = []
     for exp in experiments:
         exp_args = _experiment_defaults(exp, args)
         jobs = [j for j in build_jobs(exp, exp_args) if j.overrides not in seen]
         seen.update(j.overrides for j in jobs)
-        sweeps = group_into_sweeps(exp, jobs, SWEEP_AXES[exp])
+        extra_keys = [o.split("=", 1)[0] for o in list(args.plumbing) + list(args.overrides)]
+        sweeps = group_into_sweeps(exp, jobs, SWEEP_AXES[exp], extra_keys)
         if args.expand:
             sweeps = [Sweep(exp, s.keys, OrderedDict((k, [j.get(k)]) for k in s.keys), [j]) for s in sweeps for j in s.jobs]
         for s in sweeps:

@@ -41,18 +41,12 @@ import logging
 import math
 import os
 import re
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .reproduce import (
-    BACKBONES,
-    CORRUPTIONS,
-    GATE_VARIANTS,
-    MERGERS,
-    TA8_TASKS,
-)
+from .reproduce import BACKBONES, CORRUPTIONS, GATE_VARIANTS, MERGERS
 
 log = logging.getLogger("fusion_bench_larv.tables")
 
@@ -230,8 +224,13 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
         tiers=_fmt_tiers(tiers) if is_larv and gate == "tiered" else "",
         tier_assignment=(tier_assignment or "") if is_larv else "",
         corruption=(meta or {}).get("corruption") or ov.get("corruption", ""),
-        individual_task=(meta or {}).get("individual_task") or ov.get("individual_task", ""),
+        individual_task=((meta or {}).get("individual_task") or ov.get("individual_task")
+                         or ov.get("modelpool.individual", "")),
     )
+    if method == "dummy" and labels["individual_task"]:
+        # a fine-tuned model evaluated alone (FusionBench's *_individual pools, or the
+        # synthetic pool's `individual` key)
+        labels.update(kind="individual", merger="individual")
     return Run(str(run_dir), labels, report, larv if isinstance(larv, dict) else None, overrides)
 
 
@@ -250,11 +249,18 @@ def collect(root: str | os.PathLike) -> List[Run]:
 
 
 def task_metrics(report: Dict[str, Any]) -> "OrderedDict[str, Dict[str, float]]":
-    """``{task: {accuracy, loss}}`` entries of a FusionBench report (incl. ``average``)."""
+    """``{task: {accuracy, loss}}`` entries of a FusionBench report (incl. ``average``).
+
+    A method that returns ``{"model": merged, "larv": record}`` (the LARV wrapper) gets its task
+    pool report nested under ``"model"`` by FusionBench; a bare merger's report is flat. Both
+    layouts are read.
+    """
     out: "OrderedDict[str, Dict[str, float]]" = OrderedDict()
     for key, value in report.items():
         if isinstance(value, dict) and isinstance(value.get("accuracy"), (int, float)):
             out[key] = {"accuracy": float(value["accuracy"]), "loss": value.get("loss")}
+    if not out and isinstance(report.get("model"), dict):
+        return task_metrics(report["model"])
     return out
 
 
@@ -400,8 +406,8 @@ def normalized_value(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[fl
         return None
     ratios = []
     for r in tasks:
-        ind = idx.find(what, kind="individual", backbone=r["backbone"], individual_task=norm_task(r["task"]),
-                       task=lambda t, rt=r["task"]: norm_task(t) == norm_task(rt))
+        same = (lambda t, rt=r["task"]: norm_task(t) == norm_task(rt))
+        ind = idx.find(what, kind="individual", backbone=r["backbone"], individual_task=same, task=same)
         if not ind:
             idx.missing.append(f"{what} (individual {r['task']})")
             return None
@@ -422,13 +428,9 @@ def build_tables(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Table], List[str]
         tables.append(paired_table(idx, "main", "Average accuracy (%), 8 tasks; + LARV: accuracy (Δ vs bare, points)",
                                    cols, mergers))
         if any(r["kind"] == "individual" for r in rows):
-            def norm_fn(what, crit):
-                crit = dict(crit)
-                crit.pop("task", None)
-                return normalized_value(idx, what, crit)
-
-            tables.append(paired_table(idx, "normalized", "Normalized accuracy (%): accuracy / individual fine-tuned "
-                                       "accuracy, averaged over the 8 tasks", cols, mergers, value_fn=norm_fn))
+            tables.append(paired_table(idx, "normalized", "Normalized accuracy (%), 8 tasks: accuracy / individual "
+                                       "fine-tuned accuracy, averaged over tasks", cols, mergers,
+                                       value_fn=lambda what, crit: normalized_value(idx, what, crit)))
     # 14/20-task table (with 8 for reference)
     settings = sorted({(r["backbone"], r["num_tasks"]) for r in clip if r["num_tasks"] in (14, 20)},
                       key=lambda t: (BACKBONE_ORDER.index(t[0]) if t[0] in BACKBONE_ORDER else 99, t[1]))
@@ -440,6 +442,10 @@ def build_tables(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Table], List[str]
                     cols.append((f"{b} ({n})", dict(kind="clip", backbone=b, num_tasks=n)))
         tables.append(paired_table(idx, "tall", "Average accuracy (%) by number of tasks; + LARV: accuracy (Δ, points)",
                                    cols, _mergers_present(clip)))
+        if any(r["kind"] == "individual" for r in rows):
+            tables.append(paired_table(idx, "normalized_tall", "Normalized accuracy (%) by number of tasks",
+                                       cols, _mergers_present(clip),
+                                       value_fn=lambda what, crit: normalized_value(idx, what, crit)))
     tables += _gate_tables(idx, clip)
     tables += _tier_tables(idx, clip)
     tables += _robustness_tables(idx, rows)

@@ -49,7 +49,7 @@ def split_top_level(value: str):
     return out
 
 
-SWEEPABLE = {"modelpool", "method", "method.tiers", "+corruption", "+individual_task"}
+SWEEPABLE = {"modelpool", "method", "method.tiers", "+corruption", "+individual_task", "modelpool.individual"}
 
 
 def expand(cmd):
@@ -66,10 +66,24 @@ def expand(cmd):
     return [dict(p) for p in itertools.product(*axes)]
 
 
+def check_hydra_can_sweep(cmd):
+    """Hydra's multirun master config applies fixed overrides to the groups' defaults: a swept
+    group must not come with overrides of its sub-keys (a model-pool alias also sets taskpool)."""
+    args = [a for a in shlex.split(cmd)[2:] if not a.startswith("hydra")]
+    keys = [a.split("=", 1)[0].lstrip("+~") for a in args]
+    for a in args:
+        k, v = a.split("=", 1)
+        if k in ("method", "modelpool", "taskpool") and len(split_top_level(v)) > 1:
+            prefixes = ("modelpool.", "taskpool.") if k == "modelpool" else (k + ".",)
+            assert not [x for x in keys if x.startswith(prefixes)], cmd
+
+
 def dry_run(capsys, *argv):
     assert reproduce.main([*argv, "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     commands = [line for line in lines if line.startswith("fusion_bench ")]
+    for c in commands:
+        check_hydra_can_sweep(c)
     summary = lines[-1]
     jobs = [j for c in commands for j in expand(c)]
     assert summary.startswith("# ") and f"{len(jobs)} jobs in {len(commands)} fusion_bench" in summary
@@ -205,8 +219,13 @@ def test_tinyclip_suite(capsys):
     assert {j["modelpool"] for j in jobs} == {"tinyclip_synth8"} and len(jobs) == 12
     _, jobs = dry_run(capsys, "tall", "--suite", "tinyclip")
     assert {j["modelpool"] for j in jobs} == {"tinyclip_synth14", "tinyclip_synth20"}
-    with pytest.raises(SystemExit):
-        reproduce.main(["robustness", "--suite", "tinyclip", "--dry-run"])
+    _, jobs = dry_run(capsys, "individual", "--suite", "tinyclip", "--tasks", "8", "14")
+    assert len(jobs) == 8 + 14
+    assert {j["method"] for j in jobs} == {"dummy"}
+    assert len({j["modelpool.individual"] for j in jobs if j["modelpool"] == "tinyclip_synth14"}) == 14
+    for exp in ("robustness", "generalization", "nlp"):
+        with pytest.raises(SystemExit):
+            reproduce.main([exp, "--suite", "tinyclip", "--dry-run"])
 
 
 def test_launcher_and_plumbing_flags(capsys):
@@ -232,6 +251,10 @@ def test_group_into_sweeps_never_adds_jobs():
     assert sorted(expanded) == sorted(tuple(sorted(j.overrides)) for j in jobs)
     full = jobs + [J(("modelpool", "b"), ("method", "y"))]
     assert len(reproduce.group_into_sweeps("t", full, ("method", "modelpool"))) == 1
+    # a group is not swept together with overrides of its sub-keys (Hydra's master config)
+    assert len(reproduce.group_into_sweeps("t", full, ("method", "modelpool"), ["taskpool.tasks"])) == 2
+    with_sub = [J(("modelpool", "a"), ("method", m), ("method.scaling_factor", "0.3")) for m in ("x", "y")]
+    assert [s.values["method"] for s in reproduce.group_into_sweeps("t", with_sub, ("method",))] == [["x"], ["y"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,27 +278,52 @@ def _larv_configs_available():
     return (REPO / "config" / "method" / "larv_iso_c.yaml").exists()
 
 
-@pytest.mark.parametrize("experiment", ["main", "tall", "gates", "tiers", "diagnostics", "robustness",
-                                        "generalization", "nlp", "individual"])
-def test_dry_run_names_compose(capsys, experiment):
-    argv = [experiment] if _larv_configs_available() else [experiment, "--variants", "bare"]
-    if experiment == "diagnostics" and not _larv_configs_available():
+@pytest.mark.parametrize("argv", [
+    ["main"], ["tall"], ["gates"], ["tiers"], ["diagnostics"], ["robustness"], ["generalization"], ["nlp"],
+    ["individual"],
+    ["main", "--suite", "tinyclip", "--tasks", "8", "14", "--plumbing", "taskpool.tasks=[shapes]",
+     "--plumbing", "modelpool.build_if_missing=false"],
+    ["gates", "--launcher", "slurm"],
+    ["diagnostics", "--suite", "tinyclip"],
+    ["individual", "--suite", "tinyclip", "--tasks", "8"],
+], ids=lambda a: "-".join(x.strip("-") for x in a[:3]))
+def test_every_sweep_composes_like_hydra_multirun(capsys, argv):
+    """Compose each printed command the way Hydra's multirun does: the master config (groups at
+    their defaults + every fixed override), then every job's config from its overrides."""
+    if not _larv_configs_available():
         pytest.skip("LARV method configs not there yet")
-    _, jobs = dry_run(capsys, *argv)
-    seen = set()
-    for j in jobs:
-        key = (j["modelpool"], j.get("taskpool"), j["method"])
-        if key in seen:
-            continue
-        seen.add(key)
-        ov = [f"{k}={v}" for k, v in j.items() if k not in ("+individual_task", "modelpool.models._pretrained_")]
-        cfg = _compose(ov)
-        assert "_target_" in cfg.method
-        if j.get("taskpool") != "dummy":
-            assert cfg.taskpool is not None and cfg.taskpool != {}
-        if j["modelpool"].startswith("clip-vit-") and j["modelpool"].endswith(("TALL14", "TALL20")):
-            bb = j["modelpool"].split("_")[0]
-            assert cfg.taskpool.base_model == f"openai/{bb}"  # the alias picked the matching text tower
+    from importlib.util import find_spec
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    commands, _ = dry_run(capsys, *argv)
+    config_dir = list(find_spec("fusion_bench_config").submodule_search_locations)[0]
+    GlobalHydra.instance().clear()
+    n_jobs = 0
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        hydra_app = GlobalHydra.instance().hydra
+        for cmd in commands:
+            args = shlex.split(cmd)[2:]
+            master = hydra_app.compose_config("fabric_model_fusion", args, run_mode=RunMode.MULTIRUN,
+                                              with_log_configuration=False)
+            task_args = [a for a in args if not a.startswith(("hydra.", "hydra/"))]
+            for job in expand(cmd):
+                job_args = []
+                for a in task_args:
+                    k = a.split("=", 1)[0]
+                    job_args.append(f"{k}={job[k]}" if k in job else a)
+                cfg = hydra_app.config_loader.load_sweep_config(master, job_args)
+                assert cfg.hydra.runtime.choices.method == job["method"]
+                assert "_target_" in cfg.method
+                if job.get("taskpool") != "dummy":
+                    assert cfg.taskpool not in (None, {}) and cfg.hydra.runtime.choices.taskpool != "dummy"
+                if job["modelpool"].startswith("clip-vit-") and job["modelpool"].endswith(("TALL14", "TALL20")):
+                    # the alias picked the task pool with the matching text tower
+                    assert cfg.taskpool.base_model == f"openai/{job['modelpool'].split('_')[0]}"
+                n_jobs += 1
+    assert n_jobs == sum(len(expand(c)) for c in commands)
 
 
 def test_bare_hyperparameters_match_larv_base_configs():
@@ -429,3 +477,211 @@ def test_script_wrappers_call_main():
                              text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert ("reproduce-larv" if module == "reproduce" else "make-larv-tables") in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# real multiruns on a toy model pool (nn.Linear models, no evaluation): plumbing and resume
+# ---------------------------------------------------------------------------------------------
+
+TOY_POOL = """\
+_target_: fusion_bench.modelpool.BaseModelPool
+models:
+  _pretrained_:
+    _target_: slow_models.linear
+    delay: ${oc.env:TOY_DELAY,0}
+  a:
+    _target_: slow_models.linear
+    delay: ${oc.env:TOY_DELAY,0}
+  b:
+    _target_: slow_models.linear
+    delay: ${oc.env:TOY_DELAY,0}
+"""
+SLOW_MODELS = """\
+import time
+import torch
+
+
+def linear(delay=0.0):
+    time.sleep(float(delay))
+    return torch.nn.Linear(4, 4)
+"""
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """A config dir with ``modelpool=toy_linear`` and the sweep of 3 toy jobs."""
+    (tmp_path / "cfg" / "modelpool").mkdir(parents=True)
+    (tmp_path / "cfg" / "modelpool" / "toy_linear.yaml").write_text(TOY_POOL)
+    (tmp_path / "py").mkdir()
+    (tmp_path / "py" / "slow_models.py").write_text(SLOW_MODELS)
+    J = reproduce._job
+    jobs = [J(("modelpool", "toy_linear"), ("method", "task_arithmetic"), ("method.scaling_factor", v))
+            for v in ("0.1", "0.2", "0.3")]
+    (sweep,) = reproduce.group_into_sweeps("toy", jobs, ("method", "modelpool", "method.scaling_factor"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "py"), os.environ.get("PYTHONPATH", "")]),
+               HYDRA_FULL_ERROR="1")
+
+    def command(*argv):
+        args = reproduce.build_parser().parse_args(
+            ["main", "--output", str(tmp_path / "out"), "--plumbing", f"hydra.searchpath=[file://{tmp_path / 'cfg'}]",
+             *argv, "taskpool=dummy"])
+        return reproduce.fusion_bench_executable() + reproduce.sweep_command(sweep, 0, args)[1:]
+
+    def reports():
+        return sorted((tmp_path / "out" / "toy_linear" / "task_arithmetic").glob("*/program_report.json"))
+
+    return argparse_ns(tmp_path=tmp_path, command=command, reports=reports, env=env)
+
+
+class argparse_ns(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _stat(p):
+    st = p.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+@pytest.mark.parametrize("launcher", [
+    pytest.param([], id="basic"),
+    # loky workers each import fusion_bench: ~60 s on a 2-core machine
+    pytest.param(["--launcher", "joblib", "--n-jobs", "2"], id="joblib", marks=pytest.mark.slow),
+])
+def test_toy_multirun_one_report_per_job_and_resume(toy, launcher):
+    if launcher:
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    out = subprocess.run(toy.command(*launcher), env=toy.env, cwd=toy.tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reports = toy.reports()
+    assert [p.parent.name for p in reports] == [f"method.scaling_factor={v},taskpool=dummy" for v in ("0.1", "0.2", "0.3")]
+    for p in reports:
+        meta = json.loads((p.parent / "job.json").read_text())
+        assert meta["method"]["scaling_factor"] == float(p.parent.name.split(",")[0].split("=")[1])
+    # lose one report, rerun: only that job runs again
+    before = {p: _stat(p) for p in reports}
+    reports[1].unlink()
+    out = subprocess.run(toy.command(*launcher), env=toy.env, cwd=toy.tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert toy.reports() == reports
+    assert _stat(reports[0]) == before[reports[0]] and _stat(reports[2]) == before[reports[2]]
+    assert _stat(reports[1]) != before[reports[1]]
+    assert "Skipping finished job" in out.stdout + out.stderr
+
+
+def test_toy_sweep_killed_after_first_job_resumes(toy):
+    """SIGKILL the sweep's process group as soon as its first report exists; the rerun runs the rest."""
+    import signal
+    import time
+
+    env = dict(toy.env, TOY_DELAY="1.5")  # each job loads 3 models: >= 4.5 s per job
+    proc = subprocess.Popen(toy.command(), env=env, cwd=toy.tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not toy.reports():
+            assert proc.poll() is None, "the sweep ended before writing its first report"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = toy.reports()
+    assert len(first) == 1
+    stamp = _stat(first[0])
+    out = subprocess.run(toy.command(), env=toy.env, cwd=toy.tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(toy.reports()) == 3
+    assert _stat(first[0]) == stamp  # the finished job was skipped, not redone
+    assert not list((toy.tmp_path / "out").rglob("*.partial"))
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on the embedded benchmark (tests/conftest.py's down-sized tinyclip_synth build):
+# 2 mergers x (bare + LARV with 2 tier settings) through `reproduce-larv gates --suite tinyclip`
+# ---------------------------------------------------------------------------------------------
+
+GRID = ["gates", "--suite", "tinyclip", "--mergers", "task_arithmetic", "iso_c", "--gates", "tiered3", "tiered2"]
+
+
+def harness_args(tiny_synth, output):
+    plumbing = [o for o in tiny_synth.overrides("tinyclip_synth8") if not o.startswith("modelpool=")]
+    args = ["--output", str(output)]
+    for o in plumbing + ["taskpool.dataloader_kwargs.num_workers=0", "taskpool.dataloader_kwargs.pin_memory=false"]:
+        args += ["--plumbing", o]
+    return args
+
+
+def grid_reports(output):
+    return {str(p.parent.relative_to(output)): p for p in sorted(Path(output).rglob("program_report.json"))}
+
+
+def _larv_code_available():
+    return _larv_configs_available() and (REPO / "fusion_bench_larv" / "algorithm.py").exists()
+
+
+@pytest.mark.slow
+def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypatch):
+    if not _larv_code_available():
+        pytest.skip("LARV method not there yet")
+    from fusion_bench_larv import tables
+
+    output = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert reproduce.main([*GRID, *harness_args(tiny_synth, output)]) == 0
+    reports = grid_reports(output)
+    assert len(reports) == 2 + 2 * 2, sorted(reports)
+    tiers_seen = Counter()
+    for name, path in reports.items():
+        report = json.loads(path.read_text())
+        metrics = tables.task_metrics(report)  # LARV reports nest the task pool's under "model"
+        assert set(tiny_synth.tasks) | {"average"} == set(metrics)
+        assert 0.0 <= metrics["average"]["accuracy"] <= 1.0
+        if "/larv_" in f"/{name}":
+            assert report["larv"]["gate"] == "tiered"
+            tiers_seen[tuple(report["larv"]["tiers"])] += 1
+            assert len(report["larv"]["blocks"]) == tiny_synth.recipe.model.vision_layers
+        else:
+            assert "larv" not in report
+    assert tiers_seen == {(0.6, 1.0, 1.2): 2, (0.8, 1.2): 2}
+
+    result = tables.make_tables(output, tmp_path / "tables")
+    rows = read_csv_rows(tmp_path / "tables" / "results.csv")
+    assert len(rows) == 6 * (len(tiny_synth.tasks) + 1)
+    md = (tmp_path / "tables" / "tables.md").read_text()
+    gates = [b for b in md.split("### ") if b.startswith("Gate ablation, TinyCLIP")][0]
+    for name, path in reports.items():
+        acc = tables.task_metrics(json.loads(path.read_text()))["average"]["accuracy"]
+        assert f"{100 * acc:.1f}" in gates, (name, acc)
+    blocks = read_csv_rows(tmp_path / "tables" / "larv_blocks.csv")
+    assert len(blocks) == 4 * tiny_synth.recipe.model.vision_layers  # 4 LARV jobs
+    assert result["figures"] == {}  # Figure 2 uses default-config LARV jobs: none in this grid
+
+
+def read_csv_rows(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_tinyclip_grid_resume_with_joblib(tiny_synth, tmp_path, monkeypatch):
+    """A 1-job sweep first (as if the full sweep had been killed after it), then the full grid
+    with the joblib launcher: the finished job is not redone, the other five are created."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    if not _larv_code_available():
+        pytest.skip("LARV method not there yet")
+    output = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    common = harness_args(tiny_synth, output)
+    first = ["gates", "--suite", "tinyclip", "--mergers", "task_arithmetic", "--variants", "bare"]
+    assert reproduce.main([*first, *common]) == 0
+    (only,) = grid_reports(output).values()
+    stamp = _stat(only)
+    assert reproduce.main([*GRID, *common, "--launcher", "joblib", "--n-jobs", "2"]) == 0
+    reports = grid_reports(output)
+    assert len(reports) == 6
+    assert _stat(only) == stamp
+    assert sum(_stat(p) != stamp for p in reports.values()) == 5

@@ -32,7 +32,8 @@ def write_job(root: Path, modelpool: str, method: str, overrides=(), accs=None, 
         report["average"] = {"accuracy": sum(accs.values()) / len(accs), "loss": 0.5}
     report["model_info"] = {"trainable_params": 1, "all_params": 1, "trainable_percentage": 1.0}
     if larv is not None:
-        report["larv"] = larv
+        # what FusionBench writes for a method returning {"model": merged, "larv": record}
+        report = {"model": report, "larv": larv}
     report.update(report_extra or {})
     meta = {"overrides": [f"modelpool={modelpool}", f"method={method}", *overrides],
             "choices": {"modelpool": modelpool, "method": method}, "method": {}}
@@ -261,3 +262,24 @@ def test_latex_escaping():
 def test_main_cli(tree, tmp_path):
     assert tables.main([str(tree), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "tables.md").exists()
+
+
+def test_synthetic_individual_runs_normalize_tinyclip(tmp_path):
+    """``--suite tinyclip`` individual jobs (``modelpool.individual=<task>``) feed the normalized table."""
+    root = tmp_path / "runs"
+    tasks = ["shapes", "handwritten_digits"]
+    write_job(root, "tinyclip_synth8", "simple_average", [], {"shapes": 0.4, "handwritten_digits": 0.6})
+    write_job(root, "tinyclip_synth8", "larv_simple_average", [], {"shapes": 0.5, "handwritten_digits": 0.6},
+              larv=larv_record())
+    for t in tasks:
+        write_job(root, "tinyclip_synth8", "dummy", [f"modelpool.individual={t}"],
+                  {u: (0.8 if u == t else 0.1) for u in tasks})
+    runs = tables.collect(root)
+    ind = [r for r in runs if r.labels["kind"] == "individual"]
+    assert sorted(r.labels["individual_task"] for r in ind) == sorted(tasks)
+    assert {r.labels["backbone"] for r in ind} == {"TinyCLIP"}
+    tables.make_tables(root, tmp_path / "out")
+    md = (tmp_path / "out" / "tables.md").read_text()
+    norm = [b for b in md.split("### ") if b.startswith("Normalized")][0]
+    assert "| Simple Averaging | 62.5 |" in norm  # (0.4/0.8 + 0.6/0.8) / 2
+    assert "| + LARV | 68.8 (+6.2) |" in norm  # (0.5/0.8 + 0.6/0.8) / 2 = 0.6875
