@@ -48,20 +48,32 @@ weights with both sides > 1, see ``blocks.diagnostic_keys``), then means over th
   task vectors are zero on it; when exactly one is zero the formula gives ``c = 0`` (no overlap,
   no conflict); a block that no task vector touches has ``c = 0``.
 
-Performance: Gram matrices are computed once per matrix and shared between ``r_eff`` and the
-commutator; eigenvalues are computed by one batched ``torch.linalg.eigvalsh`` per Gram size,
-in chunks of bounded memory, on ``device`` if given. Pretrained ranks can be memoised across runs
-with ``rank_cache`` keyed by ``rank_cache_key``. ``dtype=torch.float32`` is accepted but is not a
-validated fast path: its ``r_eff`` error against float64 is measured in
-``tests/test_diagnostics.py`` and exceeds 1e-6 relative on rank-deficient updates.
+Performance (docs/performance.md): only ``n x n`` products are formed; each Gram matrix is
+computed once, written straight into a preallocated batch buffer per size (at most
+``chunk_bytes``) and shared between ``r_eff`` and the commutator; each full buffer is solved by
+one batched ``torch.linalg.eigvalsh`` on ``device`` if given (on CPU split over
+``torch.get_num_threads()`` OS threads with one BLAS thread each: same routine, same results).
+Pretrained ranks can be memoised across runs with ``rank_cache`` keyed by ``rank_cache_key``
+(``process_rank_cache`` is the process-wide one; ``RankCache(directory)`` also persists it).
+``dtype=torch.float64`` is the exact path (``rank_method: exact``). ``dtype=torch.float32`` is
+the approximate mode (``rank_method: approximate``): its ``r_eff`` error against float64 is
+measured in ``tests/test_diagnostics.py`` and docs/performance.md; it stays below 1e-6 relative
+on full-rank matrices but not on exactly rank-deficient updates (up to ~6e-5 measured), which is why
+it is not the default.
 """
 
+import contextlib
 import hashlib
+import json
 import logging
 import math
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
+from typing import (Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 import torch.nn.functional as F
@@ -81,10 +93,17 @@ __all__ = [
     "block_diagnostics",
     "tensor_fingerprint",
     "rank_cache_key",
+    "RankCache",
+    "process_rank_cache",
+    "RANK_METHODS",
+    "rank_method_dtype",
 ]
 
 STD_FLOOR = 1e-12
-DEFAULT_CHUNK_BYTES = 256 * 2**20
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+#: ``exact``: float64 Gram matrices, eigenvalues and commutator products (the reference);
+#: ``approximate``: the same computation in float32 (measured error in docs/performance.md).
+RANK_METHODS: Tuple[str, ...] = ("exact", "approximate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,15 +326,136 @@ def rank_cache_key(
     return (name, tuple(tensor.shape), tensor_fingerprint(tensor), str(dtype))
 
 
-class _RankQueue:
-    """Gram matrices waiting for their eigenvalues, grouped by size; flushed in chunks.
+def _eigvalsh_single_threaded(grams: Tensor) -> Tensor:
+    torch.set_num_threads(1)  # per OS thread: the caller's setting is unchanged
+    return torch.linalg.eigvalsh(grams)
 
-    ``push`` returns a slot; after ``flush`` the effective rank of every slot is in ``ranks``.
+
+def _batched_eigvalsh(grams: Tensor) -> Tensor:
+    """``eigvalsh`` of a ``(B, n, n)`` batch.
+
+    On CPU, LAPACK's symmetric eigen-solver (tridiagonalisation) is memory-bound and scales
+    poorly with BLAS threads, and torch runs a CPU batch one matrix after the other. With
+    ``k = torch.get_num_threads() > 1`` the batch is split into ``k`` parts solved concurrently,
+    one BLAS thread each (same LAPACK routine, same results; ~1.4x faster on 2 cores).
+    """
+    workers = min(torch.get_num_threads(), grams.shape[0])
+    if grams.device.type != "cpu" or workers < 2:
+        return torch.linalg.eigvalsh(grams)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(_eigvalsh_single_threaded, grams.tensor_split(workers)))
+    return torch.cat(parts)
+
+
+class RankCache(MutableMapping):
+    """``rank_cache_key -> r_eff`` in memory, optionally persisted as one file per entry.
+
+    With ``directory`` every new entry is also written to ``directory`` (atomically: a temporary
+    file in the same folder, then ``os.replace``), and a miss in memory is looked up there, so
+    concurrent jobs of a multirun sweep can share one folder safely: a reader sees a complete
+    file or none, and two writers of one key write the same value. A file whose stored key
+    differs from the requested one (a digest collision) or that cannot be parsed is a miss.
+    """
+
+    def __init__(self, directory: Union[str, os.PathLike, None] = None):
+        self.directory = None if directory is None else os.fspath(directory)
+        self._memory: Dict[tuple, float] = {}
+        if self.directory is not None:
+            os.makedirs(self.directory, exist_ok=True)
+
+    @staticmethod
+    def _key_record(key) -> list:
+        return [key[0], list(key[1]), *key[2:]]
+
+    def _path(self, key) -> str:
+        digest = hashlib.sha256(json.dumps(self._key_record(key)).encode()).hexdigest()[:40]
+        return os.path.join(self.directory, f"{digest}.json")
+
+    def __getitem__(self, key) -> float:
+        if key in self._memory:
+            return self._memory[key]
+        if self.directory is not None:
+            try:
+                with open(self._path(key)) as f:
+                    record = json.load(f)
+                if record["key"] == self._key_record(key):
+                    self._memory[key] = float(record["r_eff"])
+                    return self._memory[key]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __setitem__(self, key, value: float) -> None:
+        self._memory[key] = float(value)
+        if self.directory is None:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"key": self._key_record(key), "r_eff": float(value)}, f)
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def __delitem__(self, key) -> None:
+        del self._memory[key]
+        if self.directory is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(key))
+
+    def __iter__(self) -> Iterator:
+        return iter(self._memory)
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def clear(self) -> None:
+        """Forget the in-memory entries (files on disk are kept)."""
+        self._memory.clear()
+
+
+_PROCESS_CACHES: Dict[Optional[str], RankCache] = {}
+
+
+def process_rank_cache(directory: Union[str, os.PathLike, None] = None) -> RankCache:
+    """The process-wide ``RankCache`` (one per ``directory``; ``None``: memory only), so that
+    repeated merges and sweeps in one process compute each pretrained rank once."""
+    directory = None if directory is None else os.path.abspath(os.fspath(directory))
+    if directory not in _PROCESS_CACHES:
+        _PROCESS_CACHES[directory] = RankCache(directory)
+    return _PROCESS_CACHES[directory]
+
+
+def rank_method_dtype(rank_method: str) -> torch.dtype:
+    """The computation precision of a ``rank_method`` (``exact``: float64, ``approximate``:
+    float32)."""
+    if rank_method not in RANK_METHODS:
+        raise ValueError(f"rank_method must be one of {list(RANK_METHODS)}, got {rank_method!r}")
+    return torch.float64 if rank_method == "exact" else torch.float32
+
+
+class _RankQueue:
+    """Gram matrices waiting for their eigenvalues, grouped by size, in preallocated batches.
+
+    ``reserve`` hands out a slot and an empty ``n x n`` matrix inside its group's batch buffer
+    (the caller writes the Gram matrix straight into it: no stacking copy); a full buffer is
+    solved by one batched ``eigvalsh`` before the next reservation, and ``flush`` solves the
+    rest. After ``flush`` the effective rank of every slot is in ``ranks``. A buffer holds at
+    most ``chunk_bytes`` (at least one matrix).
     """
 
     def __init__(self, chunk_bytes: int):
         self.chunk_bytes = chunk_bytes
-        self.pending: Dict[Tuple[int, torch.dtype, torch.device], List[Tuple[int, Tensor]]] = {}
+        self.buffers: Dict[Tuple[int, torch.dtype, torch.device], Tuple[Tensor, List[int]]] = {}
         self.ranks: Dict[int, float] = {}
         self.num_slots = 0
 
@@ -328,27 +468,35 @@ class _RankQueue:
         self.ranks[slot] = value
         return slot
 
-    def push(self, gram: Tensor) -> int:
-        slot = self._new_slot()
-        group = (gram.shape[-1], gram.dtype, gram.device)
-        queue = self.pending.setdefault(group, [])
-        queue.append((slot, gram))
-        if len(queue) * gram.numel() * gram.element_size() >= self.chunk_bytes:
+    def reserve(self, n: int, dtype: torch.dtype, device: torch.device) -> Tuple[int, Tensor]:
+        group = (n, dtype, torch.device(device))
+        entry = self.buffers.get(group)
+        if entry is not None and len(entry[1]) == entry[0].shape[0]:
             self._flush_group(group)
+            entry = None
+        if entry is None:
+            capacity = max(1, self.chunk_bytes // (n * n * torch.finfo(dtype).bits // 8))
+            entry = (torch.empty((capacity, n, n), dtype=dtype, device=device), [])
+            self.buffers[group] = entry
+        buffer, slots = entry
+        slot = self._new_slot()
+        slots.append(slot)
+        return slot, buffer[len(slots) - 1]
+
+    def push(self, gram: Tensor) -> int:
+        slot, out = self.reserve(gram.shape[-1], gram.dtype, gram.device)
+        out.copy_(gram)
         return slot
 
     def _flush_group(self, group) -> None:
-        queue = self.pending.pop(group, [])
-        if not queue:
+        buffer, slots = self.buffers.pop(group, (None, []))
+        if not slots:
             return
-        slots = [slot for slot, _ in queue]
-        grams = torch.stack([gram for _, gram in queue])
-        queue.clear()
-        ranks = _rank_from_eigvals(torch.linalg.eigvalsh(grams))
+        ranks = _rank_from_eigvals(_batched_eigvalsh(buffer[: len(slots)]))
         self.ranks.update(zip(slots, ranks.double().cpu().tolist()))
 
     def flush(self) -> None:
-        for group in list(self.pending):
+        for group in list(self.buffers):
             self._flush_group(group)
 
 
@@ -378,6 +526,16 @@ class _KeyMatrices:
             m = self.matrix(t)
             self._grams[id(t)] = m.mT @ m
         return self._grams[id(t)]
+
+    def queue_rank(self, t: Tensor, queue: _RankQueue) -> int:
+        """Queue ``r_eff(t)``; the Gram matrix is computed into the queue's batch buffer."""
+        if id(t) in self._grams:
+            return queue.push(self._grams[id(t)])
+        m = self.matrix(t)
+        slot, out = queue.reserve(m.shape[-1], m.dtype, m.device)
+        torch.matmul(m.mT, m, out=out)
+        self._grams[id(t)] = out
+        return slot
 
     def commutator(self, a: Tensor, d: Tensor, eps: float) -> Tensor:
         x = self.matrix(a).mT @ self.matrix(d)
@@ -437,7 +595,7 @@ def block_diagnostics(
         dtype: precision of Gram matrices and eigenvalues (float64 is the reference).
         rank_cache: optional mapping ``rank_cache_key(name, W0, dtype) -> r_eff(W0)``, read and
             filled, so pretrained ranks are computed once across runs.
-        chunk_bytes: memory bound of one batched ``eigvalsh`` call (default 256 MiB).
+        chunk_bytes: memory bound of one batched ``eigvalsh`` call (default 64 MiB).
 
     Returns:
         The ``BlockDiagnostics``.
@@ -495,12 +653,12 @@ def block_diagnostics(
                 if cache_key is not None and cache_key in rank_cache:
                     slot_w0 = queue.put(float(rank_cache[cache_key]))
                 else:
-                    slot_w0 = queue.push(mats.gram(w0))
+                    slot_w0 = mats.queue_rank(w0, queue)
                     if cache_key is not None:
                         to_cache.append((slot_w0, cache_key))
                 for source, (d, nz) in enumerate(zip(ds, nonzero)):
                     if nz:
-                        block_ranks[source].append((slot_w0, queue.push(mats.gram(d))))
+                        block_ranks[source].append((slot_w0, mats.queue_rank(d, queue)))
             # 4. Commutator coefficients.
             if conflict == "base":
                 for source, (d, nz) in enumerate(zip(ds, nonzero)):

@@ -4,7 +4,9 @@ The oracle below is deliberately naive: full singular values for the effective r
 large-side products for the commutator, and Python loops over blocks, matrices, sources and pairs.
 """
 
+import json
 import math
+import os
 from statistics import fmean
 
 import pytest
@@ -13,13 +15,17 @@ import torch.nn.functional as F
 
 from fusion_bench_larv.blocks import find_blocks
 from fusion_bench_larv.diagnostics import (
+    RANK_METHODS,
     BlockDiagnostics,
+    RankCache,
     block_diagnostics,
     commutator_coefficient,
     composite_score,
     effective_rank,
+    process_rank_cache,
     rank_cache_key,
     rank_contrast,
+    rank_method_dtype,
     standardize,
     tensor_fingerprint,
 )
@@ -413,7 +419,8 @@ def test_float32_effective_rank_error_measurement():
 
     Full-rank matrices stay within 1e-6 relative; rank-deficient ones do not (round-off
     eigenvalues of size ~1e-7 * sigma_max^2 enter the entropy), which is why float64 stays the
-    reference precision and no float32 fast path is offered.
+    reference precision (``rank_method: exact``) and float32 is only offered as the explicit
+    ``rank_method: approximate``.
     """
     g = torch.Generator().manual_seed(8)
     full_rank_errors, low_rank_errors = [], []
@@ -466,3 +473,95 @@ def test_matrix_functions_validate_arguments():
         composite_score(torch.ones(2), torch.zeros(2), eta=math.nan)
     with pytest.raises(ValueError, match="valid"):
         standardize(torch.ones(3), valid=torch.ones(2, dtype=torch.bool))
+
+
+# --- performance options (issue 6): threaded eigen-solves, rank caches, approximate mode -------
+
+
+def test_threaded_cpu_eigen_solves_give_identical_results(model):
+    pretrained, taus, merged = model
+    layout = find_blocks(pretrained)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = block_diagnostics(pretrained, taus, layout)
+        torch.set_num_threads(3)  # split each batch over 3 OS threads, one BLAS thread each
+        threaded = block_diagnostics(pretrained, taus, layout, chunk_bytes=10**6)
+        assert torch.get_num_threads() == 3  # the workers' setting does not leak
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in ((threaded.e, serial.e), (threaded.c, serial.c)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0, equal_nan=True)
+
+
+def test_disk_rank_cache_persists_across_instances(model, tmp_path):
+    pretrained, taus, merged = model
+    layout = find_blocks(pretrained)
+    reference = block_diagnostics(pretrained, [merged], layout)
+    first = RankCache(tmp_path / "ranks")
+    result = block_diagnostics(pretrained, [merged], layout, rank_cache=first)
+    torch.testing.assert_close(result.e, reference.e, rtol=1e-12, atol=0, equal_nan=True)
+    files = sorted(p.name for p in (tmp_path / "ranks").iterdir())
+    assert len(files) == len(first) == 4 * NUM_BLOCKS - 4 - 1
+    assert all(f.endswith(".json") and not f.startswith(".tmp-") for f in files)
+    # a new process (here: a new instance) reads the files instead of recomputing
+    second = RankCache(tmp_path / "ranks")
+    assert len(second) == 0
+    key = rank_cache_key(block_key(0, "mlp.fc1.weight"), pretrained[block_key(0, "mlp.fc1.weight")])
+    assert key in second and second[key] == first[key]
+    for cache_key in list(first):
+        first[cache_key] = 2 * first[cache_key]  # written through to disk
+    doubled = block_diagnostics(pretrained, [merged], layout, rank_cache=RankCache(tmp_path / "ranks"))
+    torch.testing.assert_close(doubled.e, 2 * reference.e, rtol=1e-12, atol=0, equal_nan=True)
+    # clear() forgets memory only; a corrupt file or a file holding another key is a miss
+    second.clear()
+    assert len(second) == 0 and key in second
+    path = second._path(key)
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert key not in RankCache(tmp_path / "ranks")
+    other = rank_cache_key("other", torch.ones(2, 2))
+    with open(path, "w") as f:
+        json.dump({"key": RankCache._key_record(other), "r_eff": 1.0}, f)
+    assert key not in RankCache(tmp_path / "ranks")
+    del first[key]
+    assert not os.path.exists(path)
+
+
+def test_process_rank_cache_is_shared(tmp_path):
+    assert process_rank_cache() is process_rank_cache()
+    assert process_rank_cache(tmp_path) is process_rank_cache(str(tmp_path))
+    assert process_rank_cache(tmp_path) is not process_rank_cache()
+
+
+def test_rank_method_dtype():
+    assert RANK_METHODS == ("exact", "approximate")
+    assert rank_method_dtype("exact") == torch.float64
+    assert rank_method_dtype("approximate") == torch.float32
+    with pytest.raises(ValueError, match="rank_method"):
+        rank_method_dtype("randomized")
+
+
+def test_approximate_mode_error_against_exact(model):
+    """The approximate mode (float32) stays within 1% of the exact r_eff and c, on full-rank,
+    low-rank-plus-noise and exactly low-rank matrices (ViT-B/32 shapes are measured by
+    ``scripts/bench_overhead.py --error``: docs/performance.md)."""
+    g = torch.Generator().manual_seed(9)
+    cases = []
+    for m, n in ((256, 256), (1024, 256)):
+        w0 = torch.randn(m, n, generator=g) * 0.02
+        low = torch.randn(m, 8, generator=g) @ torch.randn(8, n, generator=g)
+        noise = torch.randn(m, n, generator=g)
+        cases += [(w0, 1e-3 * low / low.norm()), (w0, 1e-3 * (low / low.norm() + 0.3 * noise / noise.norm()))]
+    for w0, d in cases:
+        exact = effective_rank(d).item()
+        approx = effective_rank(d, dtype=torch.float32).item()
+        assert abs(approx - exact) / exact <= 1e-2
+        assert abs(effective_rank(w0, dtype=torch.float32).item() - effective_rank(w0).item()) \
+            <= 1e-6 * effective_rank(w0).item()
+    pretrained, taus, merged = model
+    layout = find_blocks(pretrained)
+    exact = block_diagnostics(pretrained, [merged], layout)
+    approx = block_diagnostics(pretrained, [merged], layout, dtype=torch.float32)
+    torch.testing.assert_close(approx.e, exact.e, rtol=1e-2, atol=0, equal_nan=True)
+    torch.testing.assert_close(approx.c, exact.c, rtol=1e-2, atol=0, equal_nan=True)
