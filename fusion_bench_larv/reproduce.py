@@ -19,6 +19,7 @@ sub-command             jobs (real FusionBench checkpoints, ``--suite fusionbenc
 ``nlp``                 Flan-T5-base LoRA-16 × 8 GLUE tasks × 6 mergers × {bare, +LARV}   = 12
 ``individual``          fine-tuned models evaluated alone (for normalized accuracy)      = 3×8
                         (``--suite tinyclip``: one job per task of each ``--tasks`` pool)
+``zeroshot``            the pretrained model alone, 3 backbones × {8, 14, 20} tasks      = 9
 ``all``                 every experiment above (identical jobs run once)
 ======================  ==========================================================================
 
@@ -186,7 +187,8 @@ PLUMBING_KEYS = (
     "modelpool.processor",
 )
 
-EXPERIMENTS = ("main", "tall", "gates", "tiers", "diagnostics", "robustness", "generalization", "nlp", "individual")
+EXPERIMENTS = ("main", "tall", "gates", "tiers", "diagnostics", "robustness", "generalization", "nlp", "individual",
+               "zeroshot")
 
 # ---------------------------------------------------------------------------------------------
 # Jobs and sweeps
@@ -396,6 +398,11 @@ def build_jobs(experiment: str, args: argparse.Namespace) -> List[Job]:
                         ("modelpool.processor", f"openai/{name}"),
                     )
                 )
+    elif experiment == "zeroshot":
+        # FusionBench's `dummy` method returns the pool's pretrained model unchanged
+        for b in _backbones_for(args):
+            for n in args.tasks:
+                jobs.append(_job(("modelpool", clip_modelpool(args.suite, b, n)), ("method", "dummy")))
     else:
         raise ValueError(f"experiment: expected one of {EXPERIMENTS}, got {experiment!r}")
     return jobs
@@ -412,6 +419,7 @@ SWEEP_AXES: Dict[str, Tuple[str, ...]] = {
     "generalization": ("modelpool", "method"),
     "nlp": ("method",),
     "individual": ("+individual_task", "modelpool.individual", "modelpool"),
+    "zeroshot": ("modelpool",),
 }
 
 
@@ -482,7 +490,8 @@ def plan(args: argparse.Namespace) -> List[Tuple[Sweep, List[str]]]:
     """Every (sweep, command) of the requested experiment(s), in order."""
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     if args.experiment == "all" and args.suite != "fusionbench":
-        experiments = [e for e in experiments if e in ("main", "tall", "gates", "tiers", "diagnostics", "individual")]
+        experiments = [e for e in experiments if e in ("main", "tall", "gates", "tiers", "diagnostics", "individual",
+                                                          "zeroshot")]
     seen = set()
     out: List[Tuple[Sweep, List[str]]] = []
     for exp in experiments:
@@ -509,6 +518,7 @@ EXPERIMENT_DEFAULTS = {
     "generalization": dict(),
     "nlp": dict(),
     "individual": dict(),
+    "zeroshot": dict(tasks=[8, 14, 20]),
 }
 
 
@@ -545,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generalization": "generalization to unseen tasks (FusionBench's generalization_exp1/exp2)",
         "nlp": "Flan-T5-base LoRA-16 GLUE merges, LARV over T5 encoder then decoder blocks",
         "individual": "fine-tuned models alone (denominator of the normalized accuracy)",
+        "zeroshot": "the pretrained model alone (the tables' zero-shot row), 8/14/20 tasks",
         "all": "every experiment (identical jobs run once)",
     }
     for name, help_ in helps.items():

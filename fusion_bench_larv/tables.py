@@ -231,6 +231,9 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
         # a fine-tuned model evaluated alone (FusionBench's *_individual pools, or the
         # synthetic pool's `individual` key)
         labels.update(kind="individual", merger="individual")
+    elif method == "dummy" and labels["kind"] == "clip":
+        # FusionBench's dummy method returns the pool's pretrained model: the zero-shot row
+        labels.update(kind="zeroshot", merger="zeroshot")
     return Run(str(run_dir), labels, report, larv if isinstance(larv, dict) else None, overrides)
 
 
@@ -380,11 +383,43 @@ def _label(merger: str) -> str:
     return MERGERS[merger].label if merger in MERGERS else merger
 
 
-def paired_table(idx: Index, key: str, title: str, columns: Sequence[Tuple[str, Dict[str, Any]]],
-                 mergers: Sequence[str], task: str = "average", value_fn=None, note: str = "") -> Table:
-    """Rows: merger, then "+ LARV" with Δ in points; columns: labelled criteria."""
-    value_fn = value_fn or (lambda what, crit: idx.value(what, task=task, **crit))
+def reference_rows(idx: Index, key: str, columns: Sequence[Tuple[str, Dict[str, Any]]],
+                   normalized: bool = False) -> List[List[str]]:
+    """The paper's first rows, where their jobs exist: the pretrained model (zero-shot) and,
+    for accuracy tables, the individual fine-tuned models (each on its own task, averaged over
+    the column's tasks)."""
     rows = []
+    if any(r["kind"] == "zeroshot" for r in idx.rows):
+        cells = []
+        for col_label, crit in columns:
+            zs = dict(kind="zeroshot", backbone=crit["backbone"], num_tasks=crit["num_tasks"])
+            what = f"{key}: zero-shot @ {col_label}"
+            cells.append(pct(normalized_value(idx, what, zs) if normalized else idx.value(what, **zs)))
+        rows.append(["Pretrained (zero-shot)"] + cells)
+    if not normalized and any(r["kind"] == "individual" for r in idx.rows):
+        cells = []
+        for col_label, crit in columns:
+            tasks = sorted({r["task"] for r in idx.find("", **crit) if r["task"] != "average"})
+            accs = []
+            for t in tasks:
+                same = (lambda v, t=t: norm_task(v) == norm_task(t))
+                hits = idx.find("", kind="individual", backbone=crit["backbone"], individual_task=same, task=same)
+                if not hits:
+                    idx.missing.append(f"{key}: individual {t} @ {col_label}")
+                    break
+                accs.append(float(hits[0]["accuracy"]))
+            cells.append(pct(sum(accs) / len(accs)) if tasks and len(accs) == len(tasks) else MISSING)
+        rows.append(["Individual fine-tuned"] + cells)
+    return rows
+
+
+def paired_table(idx: Index, key: str, title: str, columns: Sequence[Tuple[str, Dict[str, Any]]],
+                 mergers: Sequence[str], task: str = "average", value_fn=None, note: str = "",
+                 normalized: bool = False) -> Table:
+    """Rows: the reference rows (zero-shot, individual), then each merger followed by "+ LARV"
+    with Δ in points; columns: labelled criteria."""
+    value_fn = value_fn or (lambda what, crit: idx.value(what, task=task, **crit))
+    rows = reference_rows(idx, key, columns, normalized) if task == "average" else []
     for m in mergers:
         bare, larv = [], []
         for col_label, crit in columns:
@@ -429,7 +464,7 @@ def build_tables(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Table], List[str]
                                    cols, mergers))
         if any(r["kind"] == "individual" for r in rows):
             tables.append(paired_table(idx, "normalized", "Normalized accuracy (%), 8 tasks: accuracy / individual "
-                                       "fine-tuned accuracy, averaged over tasks", cols, mergers,
+                                       "fine-tuned accuracy, averaged over tasks", cols, mergers, normalized=True,
                                        value_fn=lambda what, crit: normalized_value(idx, what, crit)))
     # 14/20-task table (with 8 for reference)
     settings = sorted({(r["backbone"], r["num_tasks"]) for r in clip if r["num_tasks"] in (14, 20)},
@@ -444,7 +479,7 @@ def build_tables(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Table], List[str]
                                    cols, _mergers_present(clip)))
         if any(r["kind"] == "individual" for r in rows):
             tables.append(paired_table(idx, "normalized_tall", "Normalized accuracy (%) by number of tasks",
-                                       cols, _mergers_present(clip),
+                                       cols, _mergers_present(clip), normalized=True,
                                        value_fn=lambda what, crit: normalized_value(idx, what, crit)))
     tables += _gate_tables(idx, clip)
     tables += _tier_tables(idx, clip)

@@ -211,7 +211,17 @@ def test_individual_and_all(capsys):
     assert {j["method"] for j in jobs} == {"dummy"}
     _, all_jobs = dry_run(capsys, "all")
     # identical jobs (e.g. the bare B/32 baselines of main, gates and tiers) are listed once
-    assert len(all_jobs) == 36 + 72 + (36 - 6) + 25 + 10 + 84 + 24 + 12 + 24
+    assert len(all_jobs) == 36 + 72 + (36 - 6) + 25 + 10 + 84 + 24 + 12 + 24 + 9
+
+
+def test_zeroshot_jobs_evaluate_the_pretrained_model_of_every_pool(capsys):
+    _, jobs = dry_run(capsys, "zeroshot")
+    assert {j["method"] for j in jobs} == {"dummy"}
+    assert sorted(j["modelpool"] for j in jobs) == sorted(
+        f"clip-vit-{b}_{s}" for b in ("base-patch32", "base-patch16", "large-patch14")
+        for s in ("TA8", "TALL14", "TALL20"))
+    _, jobs = dry_run(capsys, "zeroshot", "--suite", "tinyclip")
+    assert sorted(j["modelpool"] for j in jobs) == ["tinyclip_synth14", "tinyclip_synth20", "tinyclip_synth8"]
 
 
 def test_tinyclip_suite(capsys):

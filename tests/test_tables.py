@@ -221,6 +221,29 @@ def test_normalized_accuracy_uses_individual_runs(tmp_path):
     assert "| + LARV | 80.0 (+30.0) |" in norm
 
 
+def test_zero_shot_and_individual_reference_rows(tmp_path):
+    root = tmp_path / "runs"
+    pool = "clip-vit-base-patch32_TA8"
+    write_job(root, pool, "task_arithmetic", bare_overrides("task_arithmetic"), uniform(0.45))
+    write_job(root, pool, "larv_task_arithmetic", (), uniform(0.72), larv=larv_record())
+    write_job(root, pool, "dummy", (), {t: (0.3 if i % 2 else 0.5) for i, t in enumerate(TASKS8)})
+    for i, t in enumerate(TASKS8):  # individual model of task t: 0.8 or 1.0 on its own task
+        write_job(root, "CLIPVisionModelPool/clip-vit-base-patch32_individual", "dummy", [f"+individual_task={t}"],
+                  {u: ((1.0 if i % 2 else 0.8) if u == t else 0.1) for u in TASKS8}, extra={"individual_task": t})
+    runs = tables.collect(root)
+    assert sorted(r.labels["kind"] for r in runs) == sorted(["clip", "clip", "zeroshot"] + ["individual"] * 8)
+    tables.make_tables(root, tmp_path / "out")
+    md = (tmp_path / "out" / "tables.md").read_text()
+    main = [b for b in md.split("### ") if b.startswith("Average accuracy")][0]
+    lines = [line for line in main.splitlines() if line.startswith("|")]  # header, rule, rows
+    assert lines[2:5] == ["| Pretrained (zero-shot) | 40.0 |", "| Individual fine-tuned | 90.0 |",
+                          "| Task Arithmetic | 45.0 |"]
+    norm = [b for b in md.split("### ") if b.startswith("Normalized")][0]
+    # zero-shot / individual per task: 0.5/0.8 and 0.3/1.0, alternating
+    assert f"| Pretrained (zero-shot) | {100 * (0.5 / 0.8 + 0.3 / 1.0) / 2:.1f} |" in norm
+    assert "Individual fine-tuned" not in norm
+
+
 def test_generalization_and_nlp_tables(tmp_path):
     root = tmp_path / "runs"
     exp1 = "CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp1"
