@@ -221,6 +221,34 @@ def test_normalized_accuracy_uses_individual_runs(tmp_path):
     assert "| + LARV | 80.0 (+30.0) |" in norm
 
 
+def test_shipped_defaults_are_the_tiered3_gate_variant():
+    from omegaconf import OmegaConf
+
+    from fusion_bench_larv.reproduce import DEFAULT_GATE_VARIANT
+
+    defaults = OmegaConf.load(Path(__file__).parents[1] / "config" / "method" / "larv" / "_defaults.yaml")
+    variant = dict(GATE_VARIANTS[DEFAULT_GATE_VARIANT])
+    assert variant["method.gate"] == defaults.gate
+    assert [float(x) for x in variant["method.tiers"].strip("[]").split(",")] == list(defaults.tiers)
+    assert variant["method.tier_assignment"] == defaults.tier_assignment
+
+
+def test_gate_table_takes_tiered3_from_the_defaults_job_when_not_spelled_out(tmp_path):
+    root = tmp_path / "runs"
+    pool = "clip-vit-base-patch32_TA8"
+    write_job(root, pool, "isotropic_merging/iso_c", bare_overrides("iso_c"), uniform(0.80))
+    write_job(root, pool, "larv_iso_c", (), uniform(0.83), larv=larv_record())  # shipped defaults
+    write_job(root, pool, "larv_iso_c", ["method.gate=continuous"], uniform(0.81), larv=larv_record(gate="continuous"))
+    result = tables.make_tables(root, tmp_path / "out")
+    md = (tmp_path / "out" / "tables.md").read_text()
+    gates = [b for b in md.split("### ") if b.startswith("Gate ablation")][0]
+    assert "| tiered3 | 83.0 (+3.0) |" in gates
+    assert "| continuous | 81.0 (+1.0) |" in gates
+    assert "| tiered2 | — |" in gates
+    assert "the same configuration" in gates
+    assert not any("tiered3" in m for m in result["missing"])
+
+
 def test_zero_shot_and_individual_reference_rows(tmp_path):
     root = tmp_path / "runs"
     pool = "clip-vit-base-patch32_TA8"
