@@ -43,8 +43,8 @@ def fine_tuned(pretrained: CLIPVisionModel, task: int, rank: int = 2) -> CLIPVis
 class TinyPool:
     """Builds fresh pools (deep copies): FusionBench mergers modify in-memory models."""
 
-    def __init__(self, num_tasks: int = 3, num_layers: int = NUM_LAYERS):
-        self.pretrained = tiny_clip_vision(num_layers)
+    def __init__(self, num_tasks: int = 3, num_layers: int = NUM_LAYERS, dtype: torch.dtype = torch.float32):
+        self.pretrained = tiny_clip_vision(num_layers).to(dtype)
         self.tasks = {f"task{t}": fine_tuned(self.pretrained, t) for t in range(num_tasks)}
 
     def __call__(self, **replace) -> BaseModelPool:
