@@ -143,6 +143,14 @@ def _block_pattern(value: Any) -> Union[None, str, List[str]]:
     return value
 
 
+def aliases_any(model: nn.Module, others: Sequence[nn.Module]) -> bool:
+    """Whether any tensor of ``model`` shares storage with a tensor of one of ``others``."""
+    if not others:
+        return False
+    storages = {t.untyped_storage().data_ptr() for m in others for t in m.state_dict().values()}
+    return any(t.untyped_storage().data_ptr() in storages for t in model.state_dict().values())
+
+
 # ----------------------------------------------------------------------------- algorithm
 @auto_register_config
 class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
@@ -282,14 +290,27 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         modelpool: BaseModelPool,
         theta0: Mapping[str, torch.Tensor],
         scales: Optional[Mapping[str, float]] = None,
+        copy_in_memory: bool = True,
+        handed_out: Optional[List[nn.Module]] = None,
     ) -> BaseModelPool:
         """A shallow copy of ``modelpool`` whose ``load_model`` checks every model it hands out.
 
         Each model is checked against θ0 (same keys and shapes, finite values) as the base
         merger loads it, so no model is loaded twice. With ``scales`` (the ``pre`` veneer) each
-        fine-tuned model is rescaled, θ0 + λ ⊙ τ_t, before the merger sees it. Modules held in
-        memory by the pool are copied first: the caller's models are never modified, and the
-        pretrained model is always handed out as θ0 (some mergers modify it in place).
+        fine-tuned model is rescaled, θ0 + λ ⊙ τ_t, before the merger sees it.
+
+        Modules held in memory by the pool (pools loaded from disk are never copied):
+
+        * ``copy_in_memory=True``: each is deep-copied first and the pretrained model is always
+          handed out as θ0. Needed whenever LARV rescales fine-tuned models (``pre``), runs the
+          merger twice, or reads the fine-tuned models again after the merger ran (``source:
+          task_vectors``, ``conflict: pairwise``): some mergers modify their inputs in place
+          (FusionBench's simple average overwrites its first model, task arithmetic its
+          pretrained one).
+        * ``copy_in_memory=False`` (the default ``post`` + ``merged`` path, which reads only θ0,
+          already snapshotted, and the merged model): handed out as they are, exactly as the
+          bare merger sees them, and appended to ``handed_out`` so that the caller can copy a
+          merged model that aliases one of them before rescaling it.
         """
         watched = copy.copy(modelpool)
         load_from_source = modelpool.load_model
@@ -300,16 +321,14 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             in_memory = isinstance(model_name_or_config, str) and isinstance(
                 modelpool._models[model_name_or_config], nn.Module
             )
-            # Every in-memory model is copied: θ0 is restored into the pretrained model below,
-            # the pre veneer rescales fine-tuned models in place, and some mergers (FusionBench's
-            # simple average, DARE) return an input model as the merged one, which the post
-            # veneer then rescales in place. Pools that load from disk are never copied.
-            if in_memory:
+            if in_memory and copy_in_memory:
                 model = copy.deepcopy(model)
+            elif in_memory and handed_out is not None:
+                handed_out.append(model)
             state = float_state_dict(model)
             check_compatible(name, state, theta0)
             if name == PRETRAINED:
-                if in_memory:
+                if in_memory and copy_in_memory:
                     with torch.no_grad():
                         for key, value in state.items():
                             value.copy_(theta0[key])
@@ -394,12 +413,20 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         layout = find_blocks(theta0.keys(), self.block_pattern)
         log.info("LARV: %d blocks (%s), %d parameters outside them", layout.num_blocks,
                  layout.blocks[0].prefix, len(layout.non_block_keys))
-        watched = self._watched_pool(modelpool, theta0)
+        # Copies of in-memory input models are needed only where LARV rescales them, runs the
+        # merger twice or reads them again after the merger (see _watched_pool).
+        copy_inputs = self.apply == "pre" or self.source == "task_vectors" or self.conflict == "pairwise"
+        handed_out: List[nn.Module] = []
+        watched = self._watched_pool(modelpool, theta0, copy_in_memory=copy_inputs, handed_out=handed_out)
         device = self.fabric.device if self._fabric_instance is not None else None
 
         merged = None
         if self.apply == "post" or self.source == "merged":
             merged = self._run_base(watched, theta0)
+            if self.apply == "post" and aliases_any(merged, handed_out):
+                # e.g. simple average returns its first input model: never rescale the caller's
+                merged = copy.deepcopy(merged)
+            handed_out.clear()
         with self.profile("diagnostics"), torch.no_grad():
             merged_state = float_state_dict(merged) if merged is not None else None
             diagnostics = self._diagnostics(watched, theta0, merged_state, layout, device)

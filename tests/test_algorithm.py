@@ -1,5 +1,6 @@
 """Properties of the LARV wrapper around FusionBench's real mergers, on tiny in-memory models."""
 
+import copy
 import math
 
 import pytest
@@ -172,6 +173,29 @@ def test_callers_in_memory_models_are_not_modified(pools):
         # fine-tuned models must be untouched by LARV's pre-scaling
         if name != "_pretrained_":
             assert all(torch.equal(now[k], v) for k, v in state.items()), name
+
+
+@pytest.mark.parametrize("merger", ["simple_average", "task_arithmetic", "iso_c", "ties_merging"])
+def test_post_leaves_in_memory_inputs_as_the_bare_merger_does(pools, merger):
+    """The default path copies no input model: the merger may modify its inputs in place exactly
+    as it does without LARV (simple average overwrites its first model, task arithmetic its
+    pretrained one), and LARV's rescaling never reaches them (the merged model is copied first
+    when it aliases an input)."""
+    bare_pool, larv_pool = pools(), pools()
+    run_bare(merger, bare_pool)
+    larv, algo = run_larv(merger, larv_pool)
+    assert len(set(r["scale"] for r in algo.record["blocks"])) > 1  # the veneer really acts
+    for name in bare_pool.all_model_names:
+        assert states_equal(bare_pool.load_model(name), larv_pool.load_model(name)), name
+        assert not algorithm_module.aliases_any(larv, [larv_pool.load_model(name)]), name
+
+
+def test_aliases_any_detects_shared_storage(pools):
+    a = pools.pretrained
+    b = copy.deepcopy(a)
+    assert algorithm_module.aliases_any(a, [b, a])
+    assert not algorithm_module.aliases_any(a, [b])
+    assert not algorithm_module.aliases_any(a, [])
 
 
 # ----------------------------------------------------------------------------- errors
