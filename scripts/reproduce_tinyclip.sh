@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reproduce docs/results.md and docs/figures/: every LARV-paper experiment that runs on the
+# embedded offline benchmark (tinyclip_synth, 8/14/20 tasks), then its tables and figures.
+#
+# Usage: scripts/reproduce_tinyclip.sh [OUT=outputs/larv-tiny] [reproduce-larv options...]
+#   e.g. scripts/reproduce_tinyclip.sh outputs/larv-tiny --launcher joblib --n-jobs 2
+# Builds the 20-task assets first if they are missing (cache: see docs/benchmark.md). Finished
+# jobs are skipped, so an interrupted run resumes where it stopped. Tables and figures go to
+# OUT/tables (results.csv, larv_blocks.csv, tables.md, tables.tex, fig_*.png/pdf).
+set -euo pipefail
+
+OUT="${1:-outputs/larv-tiny}"
+shift || true
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+python -m fusion_bench_larv.synth build --tasks 20
+
+common=(--suite tinyclip --output "${OUT}" "$@")
+reproduce-larv zeroshot "${common[@]}"                      # pretrained model, 8/14/20 tasks
+reproduce-larv individual --tasks 20 "${common[@]}"         # each fine-tuned tower on its task
+reproduce-larv main --tasks 8 14 20 "${common[@]}"          # 6 mergers x {bare, +LARV}
+# gate ablation; tiered3 (the shipped defaults) is the main table's +LARV job, not rerun
+reproduce-larv gates --tasks 8 14 20 --gates tiered2 continuous linear_depth depth_tiers "${common[@]}"
+reproduce-larv tiers "${common[@]}"                         # Figure 4: middle x deep tiers, Iso-C, 8 tasks
+reproduce-larv diagnostics "${common[@]}"                   # Figure 2: e, c, s per block, 5 mergers
+
+make-larv-tables "${OUT}" --out "${OUT}/tables"
