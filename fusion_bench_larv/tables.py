@@ -498,33 +498,40 @@ def _override_keys(row: Dict[str, Any]) -> set:
 
 
 def _gate_tables(idx: Index, clip: Sequence[Dict[str, Any]]) -> List[Table]:
+    """Per (backbone, task count): rows bare + each gate variant, columns mergers; accuracy with
+    Δ vs bare and, where the individual fine-tuned models were evaluated, normalized accuracy."""
     wanted = {_gate_overrides(g) for g in GATE_VARIANTS}
     ablation = [r for r in clip if r["larv"] and r["method_overrides"] in wanted]
     if not ablation:
         return []
+    metrics = [("", "accuracy (%)", lambda what, crit: idx.value(what, task="average", **crit))]
+    if any(r["kind"] == "individual" for r in idx.rows):
+        metrics.append(("normalized_", "normalized accuracy (%: accuracy / individual fine-tuned, averaged over "
+                        "tasks)", lambda what, crit: normalized_value(idx, what, crit)))
     out = []
     for b, n in sorted({(r["backbone"], r["num_tasks"]) for r in ablation}, key=str):
         mergers = _mergers_present(ablation, backbone=b, num_tasks=n)
         base = dict(kind="clip", backbone=b, num_tasks=n)
-        bare = {m: idx.value(f"gates: {_label(m)} bare @ {b}", **base, **_variant_crit(m, False)) for m in mergers}
-        rows = [["bare"] + [pct(bare[m]) for m in mergers]]
-        defaults_used = False
-        for g, overrides in GATE_VARIANTS.items():
-            want = _gate_overrides(g)
-            cells = []
-            for m in mergers:
-                crit = dict(**base, merger=m, larv=True, method_overrides=want)
-                if g == DEFAULT_GATE_VARIANT and not idx.find("", task="average", **crit):
-                    # the same configuration run without overrides (the main table's +LARV job)
-                    crit = dict(**base, **_variant_crit(m, True))
-                    defaults_used = defaults_used or bool(idx.find("", task="average", **crit))
-                v = idx.value(f"gates: {_label(m)} {g} @ {b}", **crit)
-                cells.append(pct_delta(v, bare[m]))
-            rows.append([g] + cells)
-        note = (f"{DEFAULT_GATE_VARIANT} is the shipped defaults; where no job spelled it out, the row shows the "
-                "`larv_*` job without overrides (the same configuration)." if defaults_used else "")
-        out.append(Table(f"gates_{_slug(b)}_{n}", f"Gate ablation, {b}, {n} tasks: accuracy (%) (Δ vs bare, points)",
-                         ["Gate"] + [_label(m) for m in mergers], rows, note))
+        for key_prefix, what_label, value in metrics:
+            bare = {m: value(f"gates: {key_prefix}{_label(m)} bare @ {b} ({n})", {**base, **_variant_crit(m, False)})
+                    for m in mergers}
+            rows = [["bare"] + [pct(bare[m]) for m in mergers]]
+            defaults_used = False
+            for g in GATE_VARIANTS:
+                cells = []
+                for m in mergers:
+                    crit = dict(**base, merger=m, larv=True, method_overrides=_gate_overrides(g))
+                    if g == DEFAULT_GATE_VARIANT and not idx.find("", task="average", **crit):
+                        # the same configuration run without overrides (the main table's +LARV job)
+                        crit = dict(**base, **_variant_crit(m, True))
+                        defaults_used = defaults_used or bool(idx.find("", task="average", **crit))
+                    cells.append(pct_delta(value(f"gates: {key_prefix}{_label(m)} {g} @ {b} ({n})", crit), bare[m]))
+                rows.append([g] + cells)
+            note = (f"{DEFAULT_GATE_VARIANT} is the shipped defaults; where no job spelled it out, the row shows the "
+                    "`larv_*` job without overrides (the same configuration)." if defaults_used else "")
+            out.append(Table(f"gates_{key_prefix}{_slug(b)}_{n}",
+                             f"Gate ablation, {b}, {n} tasks: {what_label} (Δ vs bare, points)",
+                             ["Gate"] + [_label(m) for m in mergers], rows, note))
     return out
 
 

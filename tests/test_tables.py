@@ -334,3 +334,20 @@ def test_synthetic_individual_runs_normalize_tinyclip(tmp_path):
     norm = [b for b in md.split("### ") if b.startswith("Normalized")][0]
     assert "| Simple Averaging | 62.5 |" in norm  # (0.4/0.8 + 0.6/0.8) / 2
     assert "| + LARV | 68.8 (+6.2) |" in norm  # (0.5/0.8 + 0.6/0.8) / 2 = 0.6875
+
+
+def test_gate_table_has_a_normalized_version_with_individual_runs(tmp_path):
+    root = tmp_path / "runs"
+    pool = "clip-vit-base-patch32_TA8"
+    write_job(root, pool, "isotropic_merging/iso_c", bare_overrides("iso_c"), uniform(0.45))
+    write_job(root, pool, "larv_iso_c", ["method.gate=continuous"], uniform(0.54), larv=larv_record(gate="continuous"))
+    for t in TASKS8:  # individual model of task t: 0.9 on its own task
+        write_job(root, "CLIPVisionModelPool/clip-vit-base-patch32_individual", "dummy", [f"+individual_task={t}"],
+                  {u: (0.9 if u == t else 0.1) for u in TASKS8}, extra={"individual_task": t})
+    result = tables.make_tables(root, tmp_path / "out")
+    assert "gates_ViTB32_8" in result["tables"] and "gates_normalized_ViTB32_8" in result["tables"]
+    md = (tmp_path / "out" / "tables.md").read_text()
+    acc, norm = [b for b in md.split("### ") if b.startswith("Gate ablation")]
+    assert "accuracy (%)" in acc and "| continuous | 54.0 (+9.0) |" in acc
+    assert "normalized accuracy" in norm
+    assert "| bare | 50.0 |" in norm and "| continuous | 60.0 (+10.0) |" in norm  # 0.45/0.9, 0.54/0.9
