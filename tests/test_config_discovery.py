@@ -106,8 +106,10 @@ def test_fusion_bench_s_own_commands_compose_the_same_from_both_places(overrides
     assert strip(here) == strip(there)
 
 
-def _cli_cfg_job(cwd, *overrides):
+def _cli_cfg_job(cwd, *overrides, pythonpath=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     exe = Path(sys.executable).with_name("fusion_bench")
     out = subprocess.run(
         [str(exe), "--cfg", "job", *overrides],
@@ -135,3 +137,31 @@ def test_cli_keeps_a_user_s_own_primary_config(tmp_path):
     (tmp_path / "config" / "fabric_model_fusion.yaml").write_text("marker: users_own\n")
     cfg = _cli_cfg_job(tmp_path)
     assert cfg == {"marker": "users_own"}
+
+
+def test_non_editable_wheel_ships_configs_and_plugin(tmp_path):
+    """A plain (non-editable) install of the wheel: the package, the config package and the
+    search-path plugin come from the installed files, and the CLI finds `method=larv_*`."""
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO_ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = wheels.glob("fusion_bench_larv-*.whl")
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                              str(wheel)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    shipped = sorted(p.relative_to(target / "fusion_bench_larv_config").as_posix()
+                     for p in (target / "fusion_bench_larv_config").rglob("*.yaml"))
+    assert shipped == sorted(p.relative_to(REPO_CONFIG).as_posix() for p in REPO_CONFIG.rglob("*.yaml"))
+    # the installed copies, not the checkout, are what Python imports with this path first
+    probe = subprocess.run(
+        [sys.executable, "-c", "import fusion_bench_larv, fusion_bench_larv_config, "
+         "hydra_plugins.fusion_bench_larv_searchpath as p; "
+         "print(fusion_bench_larv.__file__, fusion_bench_larv_config.__file__, p.__file__)"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(target)), capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert all(Path(f).is_relative_to(target) for f in probe.stdout.split()), probe.stdout
+    cfg = _cli_cfg_job(tmp_path, "method=larv_iso_c", "modelpool=clip-vit-base-patch32_TA8", pythonpath=target)
+    assert cfg["method"]["_target_"] == "fusion_bench_larv.algorithm.LARVIsoC"
+    assert cfg["modelpool"]["models"]["_pretrained_"] == "openai/clip-vit-base-patch32"
+    assert cfg["taskpool"]["base_model"] == "openai/clip-vit-base-patch32"
