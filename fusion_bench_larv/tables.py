@@ -13,6 +13,8 @@ Output (``--out``):
   FusionBench reports them), plus the job's labels; the task pool's ``average`` is a row with
   ``task == "average"``. Jobs without evaluation (``taskpool=dummy``) have no rows here.
 * ``larv_blocks.csv``: one row per (LARV job, block) with e, c, z, s, tier and scale.
+* ``summary.csv``: one row per evaluated CLIP merge job (bare, or LARV with any gate/tiers):
+  average accuracy, Δ vs the bare merger, normalized accuracy and its Δ (percent / points).
 * ``tables.md`` and ``tables.tex``: the paper's layout. Rows are mergers, each followed by its
   "+ LARV" row showing the accuracy and, in parentheses, Δ = LARV − bare in percentage points;
   columns are backbones (main table) or backbone × task count (14/20-task table). Further
@@ -41,6 +43,7 @@ import logging
 import math
 import os
 import re
+import textwrap
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +291,51 @@ def block_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
     return rows
 
 
+SUMMARY_COLUMNS = [
+    "backbone", "num_tasks", "merger", "larv", "gate", "tiers", "tier_assignment", "method_overrides",
+    "accuracy", "delta_vs_bare", "normalized", "normalized_delta_vs_bare", "run_dir",
+]
+
+
+def summary_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per evaluated CLIP merge job (bare or LARV, any variant): average accuracy (%),
+    Δ vs the bare merger with the same base hyperparameters (points), normalized accuracy (%:
+    accuracy / individual fine-tuned accuracy, averaged over tasks) and its Δ. Cells whose
+    inputs are missing are left empty."""
+    idx = Index(rows)
+    has_individual = any(r["kind"] == "individual" for r in rows)
+    jobs = [r for r in rows if r["kind"] == "clip" and r["task"] == "average"]
+    cache: Dict[Tuple, Tuple[Optional[float], Optional[float]]] = {}
+
+    def measures(crit: Dict[str, Any]) -> Tuple[Optional[float], Optional[float]]:
+        key = tuple(sorted(crit.items()))
+        if key not in cache:
+            acc = idx.value("summary", **crit)
+            norm = normalized_value(idx, "summary", crit) if has_individual and acc is not None else None
+            cache[key] = (acc, norm)
+        return cache[key]
+
+    out = []
+    for r in sorted(jobs, key=lambda r: (_setting_order((r["backbone"], r["num_tasks"])),
+                                         list(MERGERS).index(r["merger"]) if r["merger"] in MERGERS else 99,
+                                         bool(r["larv"]), r["method_overrides"], r["run_dir"])):
+        acc, norm = measures(dict(run_dir=r["run_dir"]))
+        bare_acc = bare_norm = None
+        if r["merger"] in MERGERS:
+            bare_acc, bare_norm = measures(dict(kind="clip", backbone=r["backbone"], num_tasks=r["num_tasks"],
+                                                **_variant_crit(r["merger"], False)))
+        delta = lambda x, b: "" if x is None or b is None or not r["larv"] else round(100 * (x - b), 2)
+        out.append({
+            **{k: r.get(k, "") for k in ("backbone", "num_tasks", "merger", "larv", "gate", "tiers",
+                                         "tier_assignment", "method_overrides", "run_dir")},
+            "accuracy": "" if acc is None else round(100 * acc, 2),
+            "delta_vs_bare": delta(acc, bare_acc),
+            "normalized": "" if norm is None else round(100 * norm, 2),
+            "normalized_delta_vs_bare": delta(norm, bare_norm),
+        })
+    return out
+
+
 def write_csv(path: Path, rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -397,20 +445,24 @@ def reference_rows(idx: Index, key: str, columns: Sequence[Tuple[str, Dict[str, 
             cells.append(pct(normalized_value(idx, what, zs) if normalized else idx.value(what, **zs)))
         rows.append(["Pretrained (zero-shot)"] + cells)
     if not normalized and any(r["kind"] == "individual" for r in idx.rows):
-        cells = []
-        for col_label, crit in columns:
-            tasks = sorted({r["task"] for r in idx.find("", **crit) if r["task"] != "average"})
-            accs = []
-            for t in tasks:
-                same = (lambda v, t=t: norm_task(v) == norm_task(t))
-                hits = idx.find("", kind="individual", backbone=crit["backbone"], individual_task=same, task=same)
-                if not hits:
-                    idx.missing.append(f"{key}: individual {t} @ {col_label}")
-                    break
-                accs.append(float(hits[0]["accuracy"]))
-            cells.append(pct(sum(accs) / len(accs)) if tasks and len(accs) == len(tasks) else MISSING)
+        cells = [pct(individual_average(idx, f"{key}: individual @ {col_label}", crit)) for col_label, crit in columns]
         rows.append(["Individual fine-tuned"] + cells)
     return rows
+
+
+def individual_average(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[float]:
+    """Mean over the tasks of the jobs matching ``crit`` of each individual fine-tuned model's
+    accuracy on its own task (None, and recorded as missing, if any task has no such job)."""
+    tasks = sorted({r["task"] for r in idx.find("", **crit) if r["task"] != "average"})
+    accs = []
+    for t in tasks:
+        same = (lambda v, t=t: norm_task(v) == norm_task(t))
+        hits = idx.find("", kind="individual", backbone=crit["backbone"], individual_task=same, task=same)
+        if not hits:
+            idx.missing.append(f"{what} ({t})")
+            return None
+        accs.append(float(hits[0]["accuracy"]))
+    return sum(accs) / len(accs) if accs else None
 
 
 def paired_table(idx: Index, key: str, title: str, columns: Sequence[Tuple[str, Dict[str, Any]]],
@@ -489,6 +541,13 @@ def build_tables(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Table], List[str]
     return tables, list(dict.fromkeys(idx.missing))
 
 
+def _setting_order(setting: Tuple[str, Any]) -> Tuple[int, str, int]:
+    """Sort key of (backbone, number of tasks): the paper's backbone order, then task count."""
+    backbone, num_tasks = setting
+    rank = BACKBONE_ORDER.index(backbone) if backbone in BACKBONE_ORDER else len(BACKBONE_ORDER)
+    return rank, str(backbone), int(num_tasks or 0)
+
+
 def _gate_overrides(variant: str) -> str:
     return ";".join(sorted(f"{k}={v}" for k, v in GATE_VARIANTS[variant]))
 
@@ -509,7 +568,7 @@ def _gate_tables(idx: Index, clip: Sequence[Dict[str, Any]]) -> List[Table]:
         metrics.append(("normalized_", "normalized accuracy (%: accuracy / individual fine-tuned, averaged over "
                         "tasks)", lambda what, crit: normalized_value(idx, what, crit)))
     out = []
-    for b, n in sorted({(r["backbone"], r["num_tasks"]) for r in ablation}, key=str):
+    for b, n in sorted({(r["backbone"], r["num_tasks"]) for r in ablation}, key=_setting_order):
         mergers = _mergers_present(ablation, backbone=b, num_tasks=n)
         base = dict(kind="clip", backbone=b, num_tasks=n)
         for key_prefix, what_label, value in metrics:
@@ -757,12 +816,46 @@ def tier_figure(mids, deeps, matrix, title: str):
     ax.set_yticks(range(len(mids)), [_tier_fmt(m) for m in mids])
     ax.set_xlabel("deep tier scale")
     ax.set_ylabel("middle tier scale")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, width=48), fontsize=8)
     for i in range(len(mids)):
         for j in range(len(deeps)):
             ax.text(j, i, MISSING if not np.isfinite(data[i, j]) else f"{data[i, j]:+.1f}", ha="center",
                     va="center", fontsize=7)
     fig.colorbar(im, ax=ax, label="Δ accuracy (points)")
+    fig.tight_layout()
+    return fig
+
+
+def main_figure(rows: Sequence[Dict[str, Any]]):
+    """The main tables as bars: per (backbone, task count), each merger bare vs + LARV (shipped
+    defaults), with the zero-shot and individual fine-tuned averages as dashed lines."""
+    plt = _plt()
+    import numpy as np
+
+    clip = [r for r in rows if r["kind"] == "clip" and r["task"] == "average"]
+    settings = sorted({(r["backbone"], r["num_tasks"]) for r in clip}, key=_setting_order)
+    if not settings:
+        return None
+    idx = Index(rows)
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False, sharey=True)
+    for ax, (b, n) in zip(axes[0], settings):
+        base = dict(kind="clip", backbone=b, num_tasks=n)
+        mergers = _mergers_present(clip, backbone=b, num_tasks=n)
+        x = np.arange(len(mergers))
+        for k, (larv, name) in enumerate(((False, "bare"), (True, "+ LARV"))):
+            vals = [idx.value("", **base, **_variant_crit(m, larv)) for m in mergers]
+            ax.bar(x + (k - 0.5) * 0.38, [np.nan if v is None else 100 * v for v in vals], 0.38, label=name)
+        zs = idx.find("", task="average", kind="zeroshot", backbone=b, num_tasks=n)
+        if zs:
+            ax.axhline(100 * float(zs[0]["accuracy"]), color="grey", ls="--", lw=1, label="zero-shot")
+        ind = individual_average(idx, "", base) if any(r["kind"] == "individual" for r in rows) else None
+        if ind is not None:
+            ax.axhline(100 * ind, color="black", ls=":", lw=1, label="individual")
+        ax.set_xticks(x, [_label(m) for m in mergers], rotation=45, ha="right")
+        ax.set_title(f"{b}, {n} tasks")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("average accuracy (%)")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -826,6 +919,7 @@ def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, An
     blocks = block_rows(runs)
     write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     write_csv(out / "larv_blocks.csv", blocks, BLOCK_COLUMNS)
+    write_csv(out / "summary.csv", summary_rows(rows), SUMMARY_COLUMNS)
     # csv round trip types: keep python values for the in-memory tables
     tables, missing = build_tables(rows)
     md = ["# LARV results", "", f"Collected {len(runs)} job reports. Missing cells: {MISSING}.", ""]
@@ -845,6 +939,9 @@ def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, An
             if grid:
                 mids, deeps, matrix, _, _ = grid
                 figures[f"fig_{t.key}"] = save_figure(tier_figure(mids, deeps, matrix, t.title), out, f"fig_{t.key}")
+    fig = main_figure(rows)
+    if fig is not None:
+        figures["fig_main"] = save_figure(fig, out, "fig_main")
     fig = corruption_figure(rows)
     if fig is not None:
         figures["fig_corruption"] = save_figure(fig, out, "fig_corruption")

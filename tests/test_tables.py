@@ -351,3 +351,55 @@ def test_gate_table_has_a_normalized_version_with_individual_runs(tmp_path):
     assert "accuracy (%)" in acc and "| continuous | 54.0 (+9.0) |" in acc
     assert "normalized accuracy" in norm
     assert "| bare | 50.0 |" in norm and "| continuous | 60.0 (+10.0) |" in norm  # 0.45/0.9, 0.54/0.9
+
+
+def test_main_figure_bars_and_reference_lines(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    root = tmp_path / "runs"
+    for pool, (bare, lv) in {"tinyclip_synth8": (0.40, 0.45), "tinyclip_synth14": (0.30, 0.28)}.items():
+        tasks = ["shapes", "colors"]
+        write_job(root, pool, "task_arithmetic", bare_overrides("task_arithmetic"), {t: bare for t in tasks})
+        write_job(root, pool, "larv_task_arithmetic", [], {t: lv for t in tasks}, larv=larv_record())
+        write_job(root, pool, "dummy", [], {t: 0.2 for t in tasks})
+    for t, acc in {"shapes": 0.8, "colors": 0.6}.items():
+        write_job(root, "tinyclip_synth14", "dummy", [f"modelpool.individual={t}"], {t: acc})
+    result = tables.make_tables(root, tmp_path / "out")
+    assert {p.suffix for p in result["figures"]["fig_main"]} == {".png", ".pdf"}
+    fig = tables.main_figure(tables.tidy_rows(tables.collect(root)))
+    assert [ax.get_title() for ax in fig.axes] == ["TinyCLIP, 8 tasks", "TinyCLIP, 14 tasks"]
+    assert fig.axes[0].get_ylabel() == "average accuracy (%)"
+    for ax, heights in zip(fig.axes, ([40.0, 45.0], [30.0, 28.0])):
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["Task Arithmetic"]
+        assert [c[0].get_height() for c in ax.containers] == pytest.approx(heights)  # bare, + LARV
+        # zero-shot (20 %) and individual ((80 + 60) / 2 = 70 %) as horizontal lines
+        assert [line.get_ydata()[0] for line in ax.get_lines()] == pytest.approx([20.0, 70.0])
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["zero-shot", "individual"]
+
+
+def test_settings_sort_by_backbone_then_task_count():
+    settings = [("TinyCLIP", 20), ("ViT-L/14", 8), ("TinyCLIP", 8), ("ViT-B/32", 14), ("TinyCLIP", 14), ("ViT-B/32", 8)]
+    assert sorted(settings, key=tables._setting_order) == [
+        ("ViT-B/32", 8), ("ViT-B/32", 14), ("ViT-L/14", 8), ("TinyCLIP", 8), ("TinyCLIP", 14), ("TinyCLIP", 20)]
+
+
+def test_summary_csv_has_delta_and_normalized_per_job(tmp_path):
+    root = tmp_path / "runs"
+    pool = "clip-vit-base-patch32_TA8"
+    write_job(root, pool, "isotropic_merging/iso_c", bare_overrides("iso_c"), uniform(0.45))
+    write_job(root, pool, "larv_iso_c", (), uniform(0.54), larv=larv_record())
+    write_job(root, pool, "larv_iso_c", ["method.gate=continuous"], uniform(0.36), larv=larv_record(gate="continuous"))
+    for t in TASKS8:
+        write_job(root, "CLIPVisionModelPool/clip-vit-base-patch32_individual", "dummy", [f"+individual_task={t}"],
+                  {u: (0.9 if u == t else 0.1) for u in TASKS8}, extra={"individual_task": t})
+    tables.make_tables(root, tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "summary.csv")
+    assert [(r["merger"], r["larv"], r["gate"]) for r in rows] == [
+        ("iso_c", "False", ""), ("iso_c", "True", "tiered3"), ("iso_c", "True", "continuous")]
+    bare, default, cont = rows
+    assert (float(bare["accuracy"]), bare["delta_vs_bare"], float(bare["normalized"])) == (45.0, "", 50.0)
+    assert float(default["delta_vs_bare"]) == pytest.approx(9.0)
+    assert float(default["normalized"]) == pytest.approx(60.0)
+    assert float(default["normalized_delta_vs_bare"]) == pytest.approx(10.0)
+    assert float(cont["delta_vs_bare"]) == pytest.approx(-9.0)
