@@ -33,7 +33,7 @@ from fusion_bench.mixins import LightningFabricMixin, SimpleProfilerMixin
 from fusion_bench.utils import instantiate
 
 from .blocks import BlockLayout, diagnostic_keys, find_blocks, validate_block_pattern
-from .diagnostics import RANK_METHODS, block_diagnostics, process_rank_cache, rank_method_dtype
+from .diagnostics import CPU_LINALG, RANK_METHODS, block_diagnostics, process_rank_cache, rank_method_dtype
 from .report import save_layer_report
 from .veneer import (
     APPLIES,
@@ -186,6 +186,10 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         rank_cache_dir: null (memory only) or a folder where the cached ranks are also kept
             across processes (one small JSON file per matrix, written atomically: safe for
             concurrent multirun jobs). Needs ``rank_cache: true``.
+        cpu_linalg: ``numpy`` (default: numpy's OpenBLAS/LAPACK, measured faster on CPU in
+            docs/performance.md) or ``torch``: which library does the diagnostics' products and
+            eigenvalues on CPU; the same float64 arithmetic, equal results to round-off. Other
+            devices (the fabric's GPU) always use torch.
     """
 
     def __init__(
@@ -210,6 +214,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         rank_method: str = "exact",
         rank_cache: bool = True,
         rank_cache_dir: Optional[str] = None,
+        cpu_linalg: str = "numpy",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -250,6 +255,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         if rank_cache_dir is not None and not rank_cache:
             raise ValueError(f"rank_cache_dir ({rank_cache_dir!r}) needs rank_cache: true")
         self.rank_cache_dir = rank_cache_dir
+        self.cpu_linalg = _choice("cpu_linalg", cpu_linalg, CPU_LINALG)
         self.schedule: Optional[LayerSchedule] = None
         self.record: Optional[Dict[str, Any]] = None
 
@@ -351,7 +357,8 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         # Pretrained ranks: the process-wide cache (optionally on disk), or one for this run
         # only (the T per-task calls of `source: task_vectors` still share it).
         rank_cache = process_rank_cache(self.rank_cache_dir) if self.rank_cache else {}
-        dtype = rank_method_dtype(self.rank_method)
+        common = dict(device=device, rank_cache=rank_cache, dtype=rank_method_dtype(self.rank_method),
+                      cpu_linalg=self.cpu_linalg)
         if self.conflict == "pairwise":
             keys = [k for block in layout.blocks for k in diagnostic_keys(block, theta0)]
             task_updates = []
@@ -360,16 +367,13 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                 task_updates.append({k: task_delta[k] for k in keys})
             updates = [Delta(merged_state, theta0)] if self.source == "merged" else task_updates
             return block_diagnostics(theta0, updates, layout, conflict="pairwise",
-                                     conflict_updates=task_updates, device=device, rank_cache=rank_cache,
-                                     dtype=dtype)
+                                     conflict_updates=task_updates, **common)
         if self.source == "merged":
-            return block_diagnostics(theta0, [Delta(merged_state, theta0)], layout,
-                                     device=device, rank_cache=rank_cache, dtype=dtype)
+            return block_diagnostics(theta0, [Delta(merged_state, theta0)], layout, **common)
         per_task = []
         for name in modelpool.model_names:
             task_state = float_state_dict(modelpool.load_model(name))
-            per_task.append(block_diagnostics(theta0, [Delta(task_state, theta0)], layout,
-                                              device=device, rank_cache=rank_cache, dtype=dtype))
+            per_task.append(block_diagnostics(theta0, [Delta(task_state, theta0)], layout, **common))
             del task_state
         return combine_diagnostics(per_task)
 
@@ -389,7 +393,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                 "gate", "tiers", "tier_assignment", "eta", "rho", "conflict", "source", "apply",
                 "non_block_scale", "amplitude", "steepness", "min_scale", "max_scale",
                 "lines_alpha", "lines_beta", "block_pattern", "rank_method", "rank_cache",
-                "rank_cache_dir")},
+                "rank_cache_dir", "cpu_linalg")},
         }
 
     # ------------------------------------------------------------------ run

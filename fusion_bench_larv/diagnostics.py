@@ -75,6 +75,8 @@ from itertools import combinations
 from typing import (Dict, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple,
                     Union)
 
+import numpy as np
+import threadpoolctl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -97,6 +99,7 @@ __all__ = [
     "process_rank_cache",
     "RANK_METHODS",
     "rank_method_dtype",
+    "CPU_LINALG",
 ]
 
 STD_FLOOR = 1e-12
@@ -104,6 +107,13 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: ``exact``: float64 Gram matrices, eigenvalues and commutator products (the reference);
 #: ``approximate``: the same computation in float32 (measured error in docs/performance.md).
 RANK_METHODS: Tuple[str, ...] = ("exact", "approximate")
+#: CPU linear algebra of the diagnostics. ``numpy``: Gram products and eigenvalues through
+#: numpy (``matmul``, ``linalg.eigvalsh``: its bundled OpenBLAS and LAPACK); ``torch``:
+#: ``torch.matmul`` and ``torch.linalg.eigvalsh`` (torch's own BLAS/LAPACK, MKL in PyPI's x86
+#: wheels). Same arithmetic in the same precision, results equal to round-off (tests: 1e-12).
+#: On the 2-core AMD EPYC machine of docs/performance.md, numpy was 1.5x faster at 1 thread and
+#: 1.2x at 2 threads (MKL's float64 GEMM ran at half speed there). Other devices use torch.
+CPU_LINALG: Tuple[str, ...] = ("numpy", "torch")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,25 +336,73 @@ def rank_cache_key(
     return (name, tuple(tensor.shape), tensor_fingerprint(tensor), str(dtype))
 
 
+def _check_cpu_linalg(cpu_linalg: str) -> None:
+    if cpu_linalg not in CPU_LINALG:
+        raise ValueError(f"cpu_linalg must be one of {list(CPU_LINALG)}, got {cpu_linalg!r}")
+
+
+def _numpy_path(t: Tensor, cpu_linalg: str) -> bool:
+    return cpu_linalg == "numpy" and t.device.type == "cpu"
+
+
+def _matmul(a: Tensor, b: Tensor, cpu_linalg: str, out: Optional[Tensor] = None) -> Tensor:
+    """``a @ b`` (into ``out`` if given), through numpy on CPU with ``cpu_linalg="numpy"``.
+
+    numpy works on the tensors' memory (``Tensor.numpy()`` shares it), so ``out`` is filled in
+    place and strided views (``m.mT``) cost no copy; numpy hands ``A^T A`` to BLAS ``syrk``.
+    """
+    if not _numpy_path(a, cpu_linalg):
+        return torch.matmul(a, b, out=out) if out is not None else a @ b
+    a, b = a.detach().numpy(), b.detach().numpy()
+    if out is None:
+        return torch.from_numpy(np.matmul(a, b))
+    np.matmul(a, b, out=out.detach().numpy())
+    return out
+
+
 def _eigvalsh_single_threaded(grams: Tensor) -> Tensor:
     torch.set_num_threads(1)  # per OS thread: the caller's setting is unchanged
     return torch.linalg.eigvalsh(grams)
 
 
-def _batched_eigvalsh(grams: Tensor) -> Tensor:
+def _eigvalsh_numpy(grams: Tensor) -> Tensor:
+    """Eigenvalues of a CPU ``(B, n, n)`` batch with ``numpy.linalg.eigvalsh`` (LAPACK ``?syevd``
+    of numpy's OpenBLAS; releases the GIL, so the thread split below runs in parallel)."""
+    return torch.from_numpy(np.linalg.eigvalsh(grams.detach().numpy()))
+
+
+def _batched_eigvalsh(grams: Tensor, cpu_linalg: str = "torch", workers: Optional[int] = None) -> Tensor:
     """``eigvalsh`` of a ``(B, n, n)`` batch.
 
     On CPU, LAPACK's symmetric eigen-solver (tridiagonalisation) is memory-bound and scales
-    poorly with BLAS threads, and torch runs a CPU batch one matrix after the other. With
-    ``k = torch.get_num_threads() > 1`` the batch is split into ``k`` parts solved concurrently,
-    one BLAS thread each (same LAPACK routine, same results; ~1.4x faster on 2 cores).
+    poorly with BLAS threads, and both backends solve a batch one matrix after the other. With
+    ``workers`` (default ``torch.get_num_threads()``) ``> 1`` the batch is split into that many
+    parts solved concurrently, one BLAS thread each (same LAPACK routine, same results; ~1.4x
+    faster on 2 cores).
     """
-    workers = min(torch.get_num_threads(), grams.shape[0])
-    if grams.device.type != "cpu" or workers < 2:
+    if grams.device.type != "cpu":
         return torch.linalg.eigvalsh(grams)
-    with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(_eigvalsh_single_threaded, grams.tensor_split(workers)))
+    numpy_path = _numpy_path(grams, cpu_linalg)
+    workers = min(torch.get_num_threads() if workers is None else workers, grams.shape[0])
+    if workers < 2:
+        if numpy_path:
+            with _blas_threads(1):
+                return _eigvalsh_numpy(grams)
+        return torch.linalg.eigvalsh(grams)
+    solve = _eigvalsh_numpy if numpy_path else _eigvalsh_single_threaded
+    with _blas_threads(1 if numpy_path else None), ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(solve, grams.tensor_split(workers)))
     return torch.cat(parts)
+
+
+@contextlib.contextmanager
+def _blas_threads(limit: Optional[int]):
+    """Limit numpy's BLAS threads (threadpoolctl) inside the block; None: unchanged."""
+    if limit is None:
+        yield
+        return
+    with threadpoolctl.threadpool_limits(limits=limit, user_api="blas"):
+        yield
 
 
 class RankCache(MutableMapping):
@@ -453,8 +511,10 @@ class _RankQueue:
     most ``chunk_bytes`` (at least one matrix).
     """
 
-    def __init__(self, chunk_bytes: int):
+    def __init__(self, chunk_bytes: int, cpu_linalg: str = "torch", workers: int = 1):
         self.chunk_bytes = chunk_bytes
+        self.cpu_linalg = cpu_linalg
+        self.workers = workers
         self.buffers: Dict[Tuple[int, torch.dtype, torch.device], Tuple[Tensor, List[int]]] = {}
         self.ranks: Dict[int, float] = {}
         self.num_slots = 0
@@ -492,7 +552,7 @@ class _RankQueue:
         buffer, slots = self.buffers.pop(group, (None, []))
         if not slots:
             return
-        ranks = _rank_from_eigvals(_batched_eigvalsh(buffer[: len(slots)]))
+        ranks = _rank_from_eigvals(_batched_eigvalsh(buffer[: len(slots)], self.cpu_linalg, self.workers))
         self.ranks.update(zip(slots, ranks.double().cpu().tolist()))
 
     def flush(self) -> None:
@@ -504,8 +564,9 @@ class _KeyMatrices:
     """The matrices of one parameter (``W0`` and its updates), oriented so that the last side is
     the smaller one, in the computation precision; each Gram matrix is computed once."""
 
-    def __init__(self, key: str, w0: Tensor, *, device, dtype: torch.dtype):
+    def __init__(self, key: str, w0: Tensor, *, device, dtype: torch.dtype, cpu_linalg: str = "torch"):
         self.key = key
+        self.cpu_linalg = cpu_linalg
         self.shape = w0.shape
         self.device = device if device is not None else w0.device
         self.dtype = dtype
@@ -524,7 +585,7 @@ class _KeyMatrices:
     def gram(self, t: Tensor) -> Tensor:
         if id(t) not in self._grams:
             m = self.matrix(t)
-            self._grams[id(t)] = m.mT @ m
+            self._grams[id(t)] = _matmul(m.mT, m, self.cpu_linalg)
         return self._grams[id(t)]
 
     def queue_rank(self, t: Tensor, queue: _RankQueue) -> int:
@@ -533,12 +594,12 @@ class _KeyMatrices:
             return queue.push(self._grams[id(t)])
         m = self.matrix(t)
         slot, out = queue.reserve(m.shape[-1], m.dtype, m.device)
-        torch.matmul(m.mT, m, out=out)
+        _matmul(m.mT, m, self.cpu_linalg, out=out)
         self._grams[id(t)] = out
         return slot
 
     def commutator(self, a: Tensor, d: Tensor, eps: float) -> Tensor:
-        x = self.matrix(a).mT @ self.matrix(d)
+        x = _matmul(self.matrix(a).mT, self.matrix(d), self.cpu_linalg)
         return _commutator_from_grams(self.gram(a), self.gram(d), x, eps)
 
 
@@ -573,6 +634,7 @@ def block_diagnostics(
     dtype: torch.dtype = torch.float64,
     rank_cache: Optional[MutableMapping] = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    cpu_linalg: str = "numpy",
 ) -> BlockDiagnostics:
     """Effective-rank contrast ``e`` and commutator coefficient ``c`` of every block.
 
@@ -596,6 +658,8 @@ def block_diagnostics(
         rank_cache: optional mapping ``rank_cache_key(name, W0, dtype) -> r_eff(W0)``, read and
             filled, so pretrained ranks are computed once across runs.
         chunk_bytes: memory bound of one batched ``eigvalsh`` call (default 64 MiB).
+        cpu_linalg: ``numpy`` (default) or ``torch``: which BLAS/LAPACK does the CPU work (see
+            ``CPU_LINALG``); numpy's BLAS then runs ``torch.get_num_threads()`` threads.
 
     Returns:
         The ``BlockDiagnostics``.
@@ -622,8 +686,29 @@ def block_diagnostics(
     _check_dtype(dtype)
     if not (isinstance(chunk_bytes, int) and chunk_bytes > 0):
         raise ValueError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
+    _check_cpu_linalg(cpu_linalg)
+    if cpu_linalg == "torch" or (device is not None and torch.device(device).type != "cpu"):
+        return _block_diagnostics(pretrained, updates, layout, conflict=conflict,
+                                  conflict_updates=conflict_updates, eps=eps, device=device, dtype=dtype,
+                                  rank_cache=rank_cache, chunk_bytes=chunk_bytes, cpu_linalg=cpu_linalg,
+                                  workers=torch.get_num_threads())
+    # numpy's BLAS gets torch's thread count; torch's own (small, elementwise) work runs on one
+    # thread meanwhile, so that OpenBLAS's and OpenMP's spinning worker threads do not compete
+    workers = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with _blas_threads(workers):
+            return _block_diagnostics(pretrained, updates, layout, conflict=conflict,
+                                      conflict_updates=conflict_updates, eps=eps, device=device, dtype=dtype,
+                                      rank_cache=rank_cache, chunk_bytes=chunk_bytes, cpu_linalg=cpu_linalg,
+                                      workers=workers)
+    finally:
+        torch.set_num_threads(workers)
 
-    queue = _RankQueue(chunk_bytes)
+
+def _block_diagnostics(pretrained, updates, layout, *, conflict, conflict_updates, eps, device, dtype,
+                       rank_cache, chunk_bytes, cpu_linalg, workers) -> BlockDiagnostics:
+    queue = _RankQueue(chunk_bytes, cpu_linalg, workers)
     num_blocks = layout.num_blocks
     # Per block: per source the (slot of r_eff(W0), slot of r_eff(D)) of non-zero matrices; per
     # conflict term (source or pair) the indices of its c values in `c_values`.
@@ -642,7 +727,7 @@ def block_diagnostics(
         block_c: List[List[int]] = [[] for _ in range(num_terms)]
         for key in keys:
             w0 = pretrained[key]
-            mats = _KeyMatrices(key, w0, device=device, dtype=dtype)
+            mats = _KeyMatrices(key, w0, device=device, dtype=dtype, cpu_linalg=cpu_linalg)
             ds = [_get_update(u, key, "updates") for u in updates]
             nonzero = [bool(torch.any(d)) for d in ds]
             if not any(nonzero) and conflict == "base":

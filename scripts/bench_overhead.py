@@ -125,7 +125,7 @@ def make_larv(merger: str, fabric, args):
     from fusion_bench_larv.algorithm import BASE_MERGERS, LARVAlgorithm
 
     algo = LARVAlgorithm(base_method=BASE_MERGERS[merger], rank_method=args.rank_method,
-                         rank_cache=args.rank_cache != "off")
+                         rank_cache=args.rank_cache != "off", cpu_linalg=getattr(args, "cpu_linalg", "numpy"))
     algo._fabric_instance = fabric
     return algo
 
@@ -215,7 +215,8 @@ def approximate_error(merger: str, pool, fabric, args) -> Dict[str, float]:
                 errors[kind].append(abs(approx - exact) / exact)
     records = {}
     for method in ("exact", "approximate"):
-        algo = make_larv(merger, fabric, argparse.Namespace(rank_method=method, rank_cache="off"))
+        algo = make_larv(merger, fabric, argparse.Namespace(rank_method=method, rank_cache="off",
+                                                            cpu_linalg=args.cpu_linalg))
         run_quietly(algo, pool)
         records[method] = algo.record["blocks"]
     rel = lambda key: max(abs(a[key] - b[key]) / abs(b[key])
@@ -303,6 +304,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: keep)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rank-method", choices=("exact", "approximate"), default="exact")
+    p.add_argument("--cpu-linalg", choices=("numpy", "torch"), default="numpy",
+                   help="LARV's cpu_linalg: which BLAS/LAPACK computes the diagnostics on CPU")
     p.add_argument("--rank-cache", choices=("cold", "warm", "off"), default="cold",
                    help="cold: the process-wide rank cache is cleared before every LARV run; "
                         "warm: filled once, untimed; off: no cache (and no hashing)")
@@ -332,7 +335,7 @@ def main(argv=None) -> None:
     child_argv = [
         "--backbone", args.backbone, "--layers", str(args.layers), "--tasks", str(args.tasks),
         "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads),
-        "--rank-method", args.rank_method, "--rank-cache", args.rank_cache,
+        "--rank-method", args.rank_method, "--rank-cache", args.rank_cache, "--cpu-linalg", args.cpu_linalg,
         "--update-rank", str(args.update_rank), "--noise", str(args.noise), "--seed", str(args.seed),
     ]
     build_start = time.perf_counter()
@@ -341,6 +344,7 @@ def main(argv=None) -> None:
     params = sum(p.numel() for p in pool._models["_pretrained_"].parameters())
     print(f"# {args.backbone} ({params / 1e6:.1f}M parameters) x {args.tasks} tasks, device "
           f"{args.device}, torch threads {torch.get_num_threads()}, rank_method {args.rank_method}, "
+          f"cpu_linalg {args.cpu_linalg}, "
           f"rank cache {args.rank_cache}; built in {time.perf_counter() - build_start:.1f} s",
           flush=True)
     results = []
@@ -348,6 +352,7 @@ def main(argv=None) -> None:
         row = {"backbone": args.backbone, "layers": args.layers or BACKBONES[args.backbone][2],
                "tasks": args.tasks, "merger": merger, "device": args.device,
                "threads": torch.get_num_threads(), "rank_method": args.rank_method,
+               "cpu_linalg": args.cpu_linalg,
                "rank_cache": args.rank_cache, "repeats": args.repeats}
         if args.repeats > 0:
             row.update(time_merger(merger, pool, fabric, args))
@@ -375,7 +380,7 @@ def main(argv=None) -> None:
                 fields += ["bare_peak_cuda_gib", "larv_peak_cuda_gib"]
         print("RESULT " + " ".join(f"{k}={row[k]}" for k in ("backbone", "tasks", "merger",
                                                             "device", "threads", "rank_method",
-                                                            "rank_cache"))
+                                                            "cpu_linalg", "rank_cache"))
               + " " + " ".join(f"{k}={row[k]:.4g}" for k in fields), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -268,11 +268,23 @@ def test_block_pattern_matching_nothing_raises(pools, no_output):
         (dict(min_scale=1.2, max_scale=0.8), "min_scale"),
         (dict(block_pattern=r"layers\.\d+\."), "capture group"),
         (dict(block_pattern=r"layers\.(\d+"), "block_pattern"),
+        (dict(cpu_linalg="mkl"), "cpu_linalg"),
+        (dict(rank_method="lanczos"), "rank_method"),
     ],
 )
 def test_bad_hyperparameters_raise_naming_the_key(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         LARVAlgorithm(base_method=base_config("task_arithmetic"), **kwargs)
+
+
+@pytest.mark.parametrize("cpu_linalg", ["numpy", "torch"])
+def test_cpu_linalg_gives_the_same_schedule(pools, cpu_linalg):
+    _, reference = run_larv("iso_c", pools(), cpu_linalg="torch")
+    _, algo = run_larv("iso_c", pools(), cpu_linalg=cpu_linalg)
+    assert algo.record["cpu_linalg"] == cpu_linalg
+    for got, want in zip(algo.record["blocks"], reference.record["blocks"]):
+        assert got["scale"] == want["scale"]
+        assert got["e"] == pytest.approx(want["e"], rel=1e-12) and got["c"] == pytest.approx(want["c"], rel=1e-12)
 
 
 def test_zero_tier_is_allowed():

@@ -10,11 +10,13 @@ import os
 from statistics import fmean
 
 import pytest
+import threadpoolctl
 import torch
 import torch.nn.functional as F
 
 from fusion_bench_larv.blocks import find_blocks
 from fusion_bench_larv.diagnostics import (
+    CPU_LINALG,
     RANK_METHODS,
     BlockDiagnostics,
     RankCache,
@@ -225,11 +227,12 @@ def test_batched_calls_agree_with_per_matrix_calls(shape):
 # --- oracle agreement: blocks ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cpu_linalg", CPU_LINALG)
 @pytest.mark.parametrize(
     "case",
     ["base_merged", "base_task_vectors", "pairwise_task_vectors", "pairwise_merged_source"],
 )
-def test_block_diagnostics_matches_loop_oracle(model, case):
+def test_block_diagnostics_matches_loop_oracle(model, case, cpu_linalg):
     pretrained, taus, merged = model
     layout = find_blocks(pretrained)
     assert layout.num_blocks == NUM_BLOCKS
@@ -243,7 +246,7 @@ def test_block_diagnostics_matches_loop_oracle(model, case):
     else:
         kwargs = dict(updates=[merged], conflict="pairwise", conflict_updates=taus)
         oracle = dict(updates=[merged], conflict="pairwise", conflict_updates=taus)
-    result = block_diagnostics(pretrained, layout=layout, **kwargs)
+    result = block_diagnostics(pretrained, layout=layout, cpu_linalg=cpu_linalg, **kwargs)
     expected = oracle_block_diagnostics(pretrained, prefixes=prefixes(), **oracle)
     assert_matches_oracle(result, expected)
     assert result.zero_update.tolist() == [i == ZERO_BLOCK for i in range(NUM_BLOCKS)]
@@ -478,15 +481,16 @@ def test_matrix_functions_validate_arguments():
 # --- performance options (issue 6): threaded eigen-solves, rank caches, approximate mode -------
 
 
-def test_threaded_cpu_eigen_solves_give_identical_results(model):
+@pytest.mark.parametrize("cpu_linalg", CPU_LINALG)
+def test_threaded_cpu_eigen_solves_give_identical_results(model, cpu_linalg):
     pretrained, taus, merged = model
     layout = find_blocks(pretrained)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = block_diagnostics(pretrained, taus, layout)
+        serial = block_diagnostics(pretrained, taus, layout, cpu_linalg=cpu_linalg)
         torch.set_num_threads(3)  # split each batch over 3 OS threads, one BLAS thread each
-        threaded = block_diagnostics(pretrained, taus, layout, chunk_bytes=10**6)
+        threaded = block_diagnostics(pretrained, taus, layout, chunk_bytes=10**6, cpu_linalg=cpu_linalg)
         assert torch.get_num_threads() == 3  # the workers' setting does not leak
     finally:
         torch.set_num_threads(threads)
@@ -565,3 +569,27 @@ def test_approximate_mode_error_against_exact(model):
     approx = block_diagnostics(pretrained, [merged], layout, dtype=torch.float32)
     torch.testing.assert_close(approx.e, exact.e, rtol=1e-2, atol=0, equal_nan=True)
     torch.testing.assert_close(approx.c, exact.c, rtol=1e-2, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("conflict", ["base", "pairwise"])
+def test_numpy_and_torch_cpu_linalg_agree(model, dtype, conflict):
+    """The two CPU backends run the same arithmetic: equal to round-off (float64: 1e-12)."""
+    pretrained, taus, _ = model
+    layout = find_blocks(pretrained)
+    blas_before = [(i["filepath"], i["num_threads"]) for i in threadpoolctl.threadpool_info()]
+    threads = torch.get_num_threads()
+    results = {be: block_diagnostics(pretrained, taus, layout, conflict=conflict, dtype=dtype, cpu_linalg=be)
+               for be in CPU_LINALG}
+    assert torch.get_num_threads() == threads  # restored after the numpy path
+    assert [(i["filepath"], i["num_threads"]) for i in threadpoolctl.threadpool_info()] == blas_before
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for q in ("e", "c"):
+        torch.testing.assert_close(getattr(results["numpy"], q), getattr(results["torch"], q), rtol=tol, atol=0,
+                                   equal_nan=True)
+
+
+def test_cpu_linalg_is_validated(model):
+    pretrained, taus, _ = model
+    with pytest.raises(ValueError, match="cpu_linalg.*'mkl'"):
+        block_diagnostics(pretrained, taus, find_blocks(pretrained), cpu_linalg="mkl")
