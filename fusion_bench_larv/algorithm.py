@@ -143,6 +143,13 @@ def _block_pattern(value: Any) -> Union[None, str, List[str]]:
     return value
 
 
+@torch.no_grad()
+def restore_(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> None:
+    """In place: every tensor of ``state`` takes the value of ``reference``."""
+    for key, value in state.items():
+        value.copy_(reference[key])
+
+
 def aliases_any(model: nn.Module, others: Sequence[nn.Module]) -> bool:
     """Whether any tensor of ``model`` shares storage with a tensor of one of ``others``."""
     if not others:
@@ -297,7 +304,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         theta0: Mapping[str, torch.Tensor],
         scales: Optional[Mapping[str, float]] = None,
         copy_in_memory: bool = True,
-        handed_out: Optional[List[nn.Module]] = None,
+        handed_out: Optional[Dict[str, nn.Module]] = None,
     ) -> BaseModelPool:
         """A shallow copy of ``modelpool`` whose ``load_model`` checks every model it hands out.
 
@@ -315,8 +322,9 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
           pretrained one).
         * ``copy_in_memory=False`` (the default ``post`` + ``merged`` path, which reads only θ0,
           already snapshotted, and the merged model): handed out as they are, exactly as the
-          bare merger sees them, and appended to ``handed_out`` so that the caller can copy a
-          merged model that aliases one of them before rescaling it.
+          bare merger sees them, and recorded in ``handed_out`` (name → module) so that the
+          caller can copy a merged model that aliases one of them before rescaling it, and
+          restore θ0 into the pretrained one afterwards.
         """
         watched = copy.copy(modelpool)
         load_from_source = modelpool.load_model
@@ -330,14 +338,12 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             if in_memory and copy_in_memory:
                 model = copy.deepcopy(model)
             elif in_memory and handed_out is not None:
-                handed_out.append(model)
+                handed_out[name] = model
             state = float_state_dict(model)
             check_compatible(name, state, theta0)
             if name == PRETRAINED:
                 if in_memory and copy_in_memory:
-                    with torch.no_grad():
-                        for key, value in state.items():
-                            value.copy_(theta0[key])
+                    restore_(state, theta0)
                 return model
             check_finite(name, state)
             if scales is not None:
@@ -420,16 +426,21 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         # Copies of in-memory input models are needed only where LARV rescales them, runs the
         # merger twice or reads them again after the merger (see _watched_pool).
         copy_inputs = self.apply == "pre" or self.source == "task_vectors" or self.conflict == "pairwise"
-        handed_out: List[nn.Module] = []
+        handed_out: Dict[str, nn.Module] = {}
         watched = self._watched_pool(modelpool, theta0, copy_in_memory=copy_inputs, handed_out=handed_out)
         device = self.fabric.device if self._fabric_instance is not None else None
 
         merged = None
         if self.apply == "post" or self.source == "merged":
             merged = self._run_base(watched, theta0)
-            if self.apply == "post" and aliases_any(merged, handed_out):
-                # e.g. simple average returns its first input model: never rescale the caller's
+            if aliases_any(merged, list(handed_out.values())):
+                # e.g. task arithmetic returns the pool's pretrained model, simple average its
+                # first fine-tuned one: never rescale (or restore) the caller's module
                 merged = copy.deepcopy(merged)
+            if PRETRAINED in handed_out:
+                # mergers write the merged weights into the pretrained model: put θ0 back, so the
+                # caller's pool can be merged again (fine-tuned models stay as the merger left them)
+                restore_(float_state_dict(handed_out[PRETRAINED]), theta0)
             handed_out.clear()
         with self.profile("diagnostics"), torch.no_grad():
             merged_state = float_state_dict(merged) if merged is not None else None

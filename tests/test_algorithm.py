@@ -177,17 +177,26 @@ def test_callers_in_memory_models_are_not_modified(pools):
 
 @pytest.mark.parametrize("merger", ["simple_average", "task_arithmetic", "iso_c", "ties_merging"])
 def test_post_leaves_in_memory_inputs_as_the_bare_merger_does(pools, merger):
-    """The default path copies no input model: the merger may modify its inputs in place exactly
-    as it does without LARV (simple average overwrites its first model, task arithmetic its
-    pretrained one), and LARV's rescaling never reaches them (the merged model is copied first
-    when it aliases an input)."""
+    """The default path copies no input model. The merger may modify its fine-tuned inputs in
+    place exactly as it does without LARV (simple average overwrites its first model), LARV's
+    rescaling never reaches them (the merged model is copied first when it aliases an input),
+    and the pretrained model, which mergers overwrite with the merged weights, gets θ0 back."""
     bare_pool, larv_pool = pools(), pools()
     run_bare(merger, bare_pool)
     larv, algo = run_larv(merger, larv_pool)
     assert len(set(r["scale"] for r in algo.record["blocks"])) > 1  # the veneer really acts
     for name in bare_pool.all_model_names:
-        assert states_equal(bare_pool.load_model(name), larv_pool.load_model(name)), name
+        expected = pools.pretrained if name == "_pretrained_" else bare_pool.load_model(name)
+        assert states_equal(expected, larv_pool.load_model(name)), name
         assert not algorithm_module.aliases_any(larv, [larv_pool.load_model(name)]), name
+
+
+@pytest.mark.parametrize("merger", ["task_arithmetic", "iso_c", "tsvm"])
+def test_merging_the_same_in_memory_pool_twice_gives_the_same_model(pools, merger):
+    pool = pools()
+    first, _ = run_larv(merger, pool)
+    second, _ = run_larv(merger, pool)
+    assert states_equal(first, second)
 
 
 def test_aliases_any_detects_shared_storage(pools):
