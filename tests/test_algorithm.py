@@ -320,3 +320,20 @@ def test_block_pattern_preset_names_are_accepted(pools):
     assert algo.record["num_blocks"] == NUM_LAYERS
     with pytest.raises(ValueError, match="t5"):
         run_larv("task_arithmetic", pools(), block_pattern="t5")  # valid name, no T5 keys here
+
+
+def test_readme_python_example_runs(pools):
+    """The README's "From Python" block, on tiny in-memory models."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## From Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    tasks = list(pools.tasks.values())
+    scope = {"pretrained": copy.deepcopy(pools.pretrained), "model_a": copy.deepcopy(tasks[0]),
+             "model_b": copy.deepcopy(tasks[1]), "print": lambda *a, **k: None}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["algo"].record["gate"] == "continuous"
+    assert len(scope["algo"].record["blocks"]) == NUM_LAYERS
+    assert isinstance(scope["merged"], torch.nn.Module)
