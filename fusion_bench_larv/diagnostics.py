@@ -111,8 +111,9 @@ RANK_METHODS: Tuple[str, ...] = ("exact", "approximate")
 #: numpy (``matmul``, ``linalg.eigvalsh``: its bundled OpenBLAS and LAPACK); ``torch``:
 #: ``torch.matmul`` and ``torch.linalg.eigvalsh`` (torch's own BLAS/LAPACK, MKL in PyPI's x86
 #: wheels). Same arithmetic in the same precision, results equal to round-off (tests: 1e-12).
-#: On the 2-core AMD EPYC machine of docs/performance.md, numpy was 1.5x faster at 1 thread and
-#: 1.2x at 2 threads (MKL's float64 GEMM ran at half speed there). Other devices use torch.
+#: On the 2-core AMD EPYC machine of docs/performance.md, numpy was 1.4x faster at 1 thread and
+#: 1.3x at 2 threads on ViT-B/32 (MKL's float64 GEMM ran at half speed there). Other devices use
+#: torch.
 CPU_LINALG: Tuple[str, ...] = ("numpy", "torch")
 
 
