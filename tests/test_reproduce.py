@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -666,7 +667,14 @@ def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypat
         assert f"{100 * acc:.1f}" in gates, (name, acc)
     blocks = read_csv_rows(tmp_path / "tables" / "larv_blocks.csv")
     assert len(blocks) == 4 * tiny_synth.recipe.model.vision_layers  # 4 LARV jobs
-    assert result["figures"] == {}  # Figure 2 uses default-config LARV jobs: none in this grid
+    # Figure 2 uses default-config LARV jobs: none in this grid. The main bar figure has the bare
+    # jobs' averages and no + LARV bars (those cells are missing, not filled in).
+    assert set(result["figures"]) == {"fig_main"}
+    (ax,) = tables.main_figure(tables.tidy_rows(tables.collect(output))).axes
+    bare = sorted(100 * tables.task_metrics(json.loads(p.read_text()))["average"]["accuracy"]
+                  for n, p in reports.items() if "/larv_" not in f"/{n}")
+    assert sorted(b.get_height() for b in ax.containers[0]) == pytest.approx(bare)
+    assert all(math.isnan(b.get_height()) for b in ax.containers[1])
 
 
 def read_csv_rows(path):
