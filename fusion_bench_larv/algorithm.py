@@ -49,6 +49,7 @@ from .veneer import (
     combine_diagnostics,
     float_state_dict,
     rescale_update_,
+    restore_,
     snapshot,
 )
 
@@ -141,13 +142,6 @@ def _block_pattern(value: Any) -> Union[None, str, List[str]]:
         value = list(value)
     validate_block_pattern(value)  # same checks (and messages) as find_blocks
     return value
-
-
-@torch.no_grad()
-def restore_(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> None:
-    """In place: every tensor of ``state`` takes the value of ``reference``."""
-    for key, value in state.items():
-        value.copy_(reference[key])
 
 
 def aliases_any(model: nn.Module, others: Sequence[nn.Module]) -> bool:

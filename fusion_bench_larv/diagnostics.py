@@ -688,21 +688,24 @@ def block_diagnostics(
     if not (isinstance(chunk_bytes, int) and chunk_bytes > 0):
         raise ValueError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
     _check_cpu_linalg(cpu_linalg)
-    if cpu_linalg == "torch" or (device is not None and torch.device(device).type != "cpu"):
+    workers = torch.get_num_threads()
+    numpy_cpu = cpu_linalg == "numpy" and (device is None or torch.device(device).type == "cpu")
+    with _numpy_threads(workers) if numpy_cpu else contextlib.nullcontext():
         return _block_diagnostics(pretrained, updates, layout, conflict=conflict,
                                   conflict_updates=conflict_updates, eps=eps, device=device, dtype=dtype,
                                   rank_cache=rank_cache, chunk_bytes=chunk_bytes, cpu_linalg=cpu_linalg,
-                                  workers=torch.get_num_threads())
-    # numpy's BLAS gets torch's thread count; torch's own (small, elementwise) work runs on one
-    # thread meanwhile, so that OpenBLAS's and OpenMP's spinning worker threads do not compete
-    workers = torch.get_num_threads()
+                                  workers=workers)
+
+
+@contextlib.contextmanager
+def _numpy_threads(workers: int):
+    """numpy's BLAS gets ``workers`` threads; torch's own (small, elementwise) work runs on one
+    thread meanwhile, so that OpenBLAS's and OpenMP's spinning worker threads do not compete.
+    torch's setting is restored on exit."""
     torch.set_num_threads(1)
     try:
         with _blas_threads(workers):
-            return _block_diagnostics(pretrained, updates, layout, conflict=conflict,
-                                      conflict_updates=conflict_updates, eps=eps, device=device, dtype=dtype,
-                                      rank_cache=rank_cache, chunk_bytes=chunk_bytes, cpu_linalg=cpu_linalg,
-                                      workers=workers)
+            yield
     finally:
         torch.set_num_threads(workers)
 

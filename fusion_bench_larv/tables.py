@@ -520,7 +520,7 @@ def build_tables(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Table], List[str]
                                        value_fn=lambda what, crit: normalized_value(idx, what, crit)))
     # 14/20-task table (with 8 for reference)
     settings = sorted({(r["backbone"], r["num_tasks"]) for r in clip if r["num_tasks"] in (14, 20)},
-                      key=lambda t: (BACKBONE_ORDER.index(t[0]) if t[0] in BACKBONE_ORDER else 99, t[1]))
+                      key=_setting_order)
     if settings:
         cols = []
         for b in dict.fromkeys(s[0] for s in settings):

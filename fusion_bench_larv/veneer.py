@@ -57,6 +57,14 @@ def snapshot(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
+@torch.no_grad()
+def restore_(state_dict: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> None:
+    """In place: every tensor of ``state_dict`` takes the value of ``reference`` (e.g. θ0 back
+    into a pretrained model a merger wrote into)."""
+    for key, value in state_dict.items():
+        value.copy_(reference[key])
+
+
 def check_finite(name: str, state_dict: Mapping[str, Tensor]) -> None:
     """Raise ``ValueError`` naming the model and the first tensors holding NaN or Inf."""
     # Fast path: a finite sum proves every entry finite (NaN and Inf propagate); a sum that

@@ -125,7 +125,7 @@ def make_larv(merger: str, fabric, args):
     from fusion_bench_larv.algorithm import BASE_MERGERS, LARVAlgorithm
 
     algo = LARVAlgorithm(base_method=BASE_MERGERS[merger], rank_method=args.rank_method,
-                         rank_cache=args.rank_cache != "off", cpu_linalg=getattr(args, "cpu_linalg", "numpy"))
+                         rank_cache=args.rank_cache != "off", cpu_linalg=args.cpu_linalg)
     algo._fabric_instance = fabric
     return algo
 
@@ -147,12 +147,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@torch.no_grad()
 def restore(model: torch.nn.Module, snapshot: Dict[str, torch.Tensor]) -> None:
     """Bare mergers write the merged weights into the pool's pretrained model: undo that."""
-    for key, value in model.state_dict().items():
-        if key in snapshot:
-            value.copy_(snapshot[key])
+    from fusion_bench_larv.veneer import restore_
+
+    restore_(model.state_dict(), snapshot)
 
 
 def time_merger(merger: str, pool, fabric, args) -> Dict[str, float]:

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Reproduce docs/results.md and docs/figures/: every LARV-paper experiment that runs on the
+# Reproduce docs/results.md and docs/results/: every LARV-paper experiment that runs on the
 # embedded offline benchmark (tinyclip_synth, 8/14/20 tasks), then its tables and figures.
 #
 # Usage: scripts/reproduce_tinyclip.sh [OUT=outputs/larv-tiny] [reproduce-larv options...]
 #   e.g. scripts/reproduce_tinyclip.sh outputs/larv-tiny --launcher joblib --n-jobs 2
 # Builds the 20-task assets first if they are missing (cache: see docs/benchmark.md). Finished
 # jobs are skipped, so an interrupted run resumes where it stopped. Tables and figures go to
-# OUT/tables (results.csv, larv_blocks.csv, tables.md, tables.tex, fig_*.png/pdf).
+# OUT/tables (results.csv, summary.csv, larv_blocks.csv, tables.md, tables.tex, fig_*.png/pdf).
 set -euo pipefail
 
 OUT="${1:-outputs/larv-tiny}"
