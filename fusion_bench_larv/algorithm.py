@@ -20,6 +20,8 @@ LiNeS-style α = β = 0.6, ``non_block_scale`` = 1, ``source: merged`` and ``app
 """
 
 import copy
+import difflib
+import inspect
 import logging
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -30,8 +32,9 @@ from torch import nn
 
 from fusion_bench import BaseAlgorithm, BaseModelPool, auto_register_config
 from fusion_bench.mixins import LightningFabricMixin, SimpleProfilerMixin
-from fusion_bench.utils import instantiate
+from fusion_bench.utils import import_object, instantiate
 
+from .checkpoints import check_checkpoint, checkpoint_path, tied_groups
 from .blocks import BlockLayout, diagnostic_keys, find_blocks, validate_block_pattern
 from .diagnostics import CPU_LINALG, RANK_METHODS, block_diagnostics, process_rank_cache, rank_method_dtype
 from .report import save_layer_report
@@ -46,6 +49,7 @@ from .veneer import (
     build_schedule,
     check_compatible,
     check_finite,
+    check_scales,
     combine_diagnostics,
     float_state_dict,
     rescale_update_,
@@ -144,6 +148,88 @@ def _block_pattern(value: Any) -> Union[None, str, List[str]]:
     return value
 
 
+# Hydra's instantiate keys: consumed by Hydra, but accepted if a caller passes them through.
+HYDRA_KEYS = ("_target_", "_recursive_", "_convert_", "_partial_", "_args_")
+
+# Numeric keys of FusionBench's mergers: checked for a number before the merger sees them.
+BASE_NUMERIC_KEYS = ("scaling_factor", "alpha", "threshold", "sparsity_ratio", "common_space_fraction",
+                     "iter_num")
+
+# Mergers that call torch.linalg.svd, which has no float16/bfloat16 kernel on CPU.
+SVD_MERGERS = ("fusion_bench.method.ISO_C_Merge", "fusion_bench.method.ISO_CTS_Merge",
+               "fusion_bench.method.TaskSingularVectorMerging")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class PoolModelError(ValueError):
+    """A model handed out by the pool failed LARV's checks (raised as is, never wrapped as a
+    base-merger failure)."""
+
+
+class BaseMergerError(RuntimeError):
+    """The base merger failed: the message says which merger, its config and LARV's phase; the
+    merger's own exception is chained (``__cause__``)."""
+
+
+def _init_keys(cls: type) -> List[str]:
+    """The named parameters of ``cls.__init__`` (auto_register_config keeps the signature)."""
+    return [name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _check_unknown_keys(cls: type, kwargs: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` for a key that neither LARV nor FusionBench's base classes take
+    (``+method.tier=...``, ``LARVIsoC(gatee=...)``), with the closest valid key."""
+    own = _init_keys(LARVAlgorithm)
+    framework = set(HYDRA_KEYS)
+    for base in cls.__mro__:
+        if base not in (LARVAlgorithm, object) and "__init__" in base.__dict__ and not issubclass(base, LARVAlgorithm):
+            framework.update(_init_keys(base))
+    unknown = [key for key in kwargs if key not in framework]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, own, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise TypeError(
+            f"{cls.__name__}: unknown key '{key}' = {kwargs[key]!r}{hint}; valid keys: {own}"
+            + (f" (also unknown: {unknown[1:]})" if len(unknown) > 1 else "")
+        )
+
+
+def _check_base_method_values(base_method: Mapping) -> None:
+    """Type-check the numeric keys of FusionBench's mergers (``scaling_factor=abc`` otherwise
+    fails deep inside the merger)."""
+    for key in BASE_NUMERIC_KEYS:
+        if key in base_method and base_method[key] is not None:
+            _real(f"base_method.{key}", base_method[key])
+
+
+def _check_gate_range(algo: "LARVAlgorithm") -> None:
+    """Refuse gate parameters that give some block λ < 0 or every block λ = 0 (the checks that
+    need the scores are in ``veneer.check_scales``)."""
+    if algo.gate == "tiered" and all(t == 0 for t in algo.tiers):
+        raise ValueError(f"tiers {algo.tiers} are all 0: every block would get λ = 0 (the pretrained "
+                         "model); give at least one tier a value > 0")
+    if algo.gate == "continuous":
+        if algo.amplitude > 1 and algo.min_scale is None:
+            raise ValueError(
+                f"amplitude {algo.amplitude} > 1 lets the continuous gate λ = 1 + a·tanh(...) reach "
+                f"1 - a = {1 - algo.amplitude} < 0 (flipped task vectors); use amplitude <= 1 or "
+                "set min_scale >= 0"
+            )
+        if algo.max_scale == 0:
+            raise ValueError("max_scale 0 gives every block λ = 0 (the pretrained model); use max_scale > 0")
+    if algo.gate == "linear_depth":
+        alpha, beta = algo.lines_alpha, algo.lines_beta
+        if alpha < 0:
+            raise ValueError(f"lines_alpha {alpha} < 0 gives the first block λ = {alpha} < 0")
+        if alpha + beta < 0:
+            raise ValueError(f"lines_alpha + lines_beta = {alpha} + {beta} < 0 gives the last block "
+                             f"λ = {alpha + beta} < 0")
+        if alpha == 0 and alpha + beta == 0:
+            raise ValueError("lines_alpha = lines_beta = 0 gives every block λ = 0 (the pretrained model)")
+
+
 def aliases_any(model: nn.Module, others: Sequence[nn.Module]) -> bool:
     """Whether any tensor of ``model`` shares storage with a tensor of one of ``others``."""
     if not others:
@@ -218,6 +304,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         cpu_linalg: str = "numpy",
         **kwargs,
     ):
+        _check_unknown_keys(type(self), kwargs)
         super().__init__(**kwargs)
         if base_method is None:
             base_method = getattr(type(self), "default_base_method", None)
@@ -228,6 +315,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                 raise TypeError(
                     f"base_method must be a config with `_target_` or a BaseAlgorithm, got {base_method!r}"
                 )
+            _check_base_method_values(base_method)
         self.base_method = base_method
         self.gate = _choice("gate", gate, GATES)
         self.tiers = _tiers(tiers)
@@ -257,6 +345,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             raise ValueError(f"rank_cache_dir ({rank_cache_dir!r}) needs rank_cache: true")
         self.rank_cache_dir = rank_cache_dir
         self.cpu_linalg = _choice("cpu_linalg", cpu_linalg, CPU_LINALG)
+        _check_gate_range(self)
         self.schedule: Optional[LayerSchedule] = None
         self.record: Optional[Dict[str, Any]] = None
 
@@ -273,15 +362,33 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             merger._program = getattr(self, "_program", None)
         return merger
 
-    def _run_base(self, modelpool: BaseModelPool, reference: Mapping[str, torch.Tensor]) -> nn.Module:
-        merger = self._new_base_merger()
+    def _base_merger_error(self, phase: str, error: Exception) -> BaseMergerError:
+        """``error`` of the base merger, re-raised with what LARV knows (merger, config, phase)."""
+        base = self.config_record()["base_method"]
+        return BaseMergerError(
+            f"LARV: the base merger {base.get('_target_', '?')} failed while {phase}: "
+            f"{type(error).__name__}: {error}\n  base_method config: {base}\n  LARV: gate={self.gate}, "
+            f"apply={self.apply}, source={self.source}"
+        )
+
+    def _run_base(self, modelpool: BaseModelPool, reference: Mapping[str, torch.Tensor],
+                  phase: str = "merging the fine-tuned models") -> nn.Module:
+        try:
+            merger = self._new_base_merger()
+        except Exception as e:
+            raise self._base_merger_error("being instantiated from base_method", e) from e
         # Every base-merger run starts from the RNG state run() started with, so randomized
         # mergers (DARE's drop masks) draw the same masks when `pre` runs the merger twice.
         torch.random.set_rng_state(self._rng_state)
         if self._cuda_rng_state is not None:
             torch.cuda.set_rng_state_all(self._cuda_rng_state)
         with self.profile("base merger"):
-            merged = merger.run(modelpool)
+            try:
+                merged = merger.run(modelpool)
+            except PoolModelError:
+                raise
+            except Exception as e:
+                raise self._base_merger_error(phase, e) from e
         if not isinstance(merged, nn.Module):
             raise TypeError(
                 f"base merger {type(merger).__name__} returned {type(merged).__name__}; LARV needs a "
@@ -292,6 +399,55 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         check_finite("merged model", merged_sd)
         return merged
 
+    def _svd_merger(self) -> Optional[str]:
+        """The base merger's class path if it is one of ``SVD_MERGERS`` (else None)."""
+        if isinstance(self.base_method, BaseAlgorithm):
+            cls = type(self.base_method)
+        else:
+            try:
+                cls = import_object(str(self.base_method["_target_"]))
+            except Exception:  # an unimportable target fails, wrapped, when instantiated
+                return None
+        for target in SVD_MERGERS:
+            svd_cls = import_object(target)
+            if isinstance(cls, type) and issubclass(cls, svd_cls):
+                return target
+        return None
+
+    def _check_half_precision(self, name: str, state: Mapping[str, torch.Tensor], device) -> None:
+        """Fail first, with the fix, where an SVD merger would fail on float16/bfloat16 on CPU."""
+        if device is not None and torch.device(device).type != "cpu":
+            return
+        half = sorted({str(v.dtype) for v in state.values() if v.dtype in HALF_DTYPES})
+        if not half:
+            return
+        merger = self._svd_merger()
+        if merger is not None:
+            raise PoolModelError(
+                f"model '{name}' is in {', '.join(half)}: the base merger {merger} calls torch.linalg.svd, "
+                "which has no half-precision kernel on CPU. Load the models in float32: in Python "
+                "`model.float()` before building the pool; in a FusionBench model pool config, "
+                "`torch_dtype: float32` in the model's entry (or drop `torch_dtype: float16`); or "
+                "run on a GPU"
+            )
+
+    def _check_checkpoints(self, modelpool: BaseModelPool, theta0, tied) -> List[str]:
+        """Check every model the pool loads from disk against θ0, from the checkpoint files
+        (``checkpoints.check_checkpoint``), before anything is merged. Returns the names whose
+        weights are not on this disk yet (hub ids not downloaded): they are checked right after
+        the pool loads them."""
+        unchecked = []
+        for name in modelpool.all_model_names:
+            config = modelpool._models[name]
+            if isinstance(config, nn.Module):
+                continue  # in memory: checked on the module itself as the merger loads it
+            path = checkpoint_path(config)
+            if path is None:
+                unchecked.append(name)
+                continue
+            check_checkpoint(name, path, theta0, tied)
+        return unchecked
+
     @staticmethod
     def _watched_pool(
         modelpool: BaseModelPool,
@@ -299,6 +455,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         scales: Optional[Mapping[str, float]] = None,
         copy_in_memory: bool = True,
         handed_out: Optional[Dict[str, nn.Module]] = None,
+        check_model=None,
     ) -> BaseModelPool:
         """A shallow copy of ``modelpool`` whose ``load_model`` checks every model it hands out.
 
@@ -319,6 +476,9 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
           bare merger sees them, and recorded in ``handed_out`` (name → module) so that the
           caller can copy a merged model that aliases one of them before rescaling it, and
           restore θ0 into the pretrained one afterwards.
+
+        ``check_model(name, state)``, if given, runs first on every model handed out (LARV's
+        half-precision and late checkpoint checks).
         """
         watched = copy.copy(modelpool)
         load_from_source = modelpool.load_model
@@ -334,12 +494,18 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             elif in_memory and handed_out is not None:
                 handed_out[name] = model
             state = float_state_dict(model)
-            check_compatible(name, state, theta0)
+            try:
+                if check_model is not None:
+                    check_model(name, state)
+                check_compatible(name, state, theta0)
+                if name != PRETRAINED:
+                    check_finite(name, state)
+            except ValueError as e:
+                raise PoolModelError(str(e)) from None
             if name == PRETRAINED:
                 if in_memory and copy_in_memory:
                     restore_(state, theta0)
                 return model
-            check_finite(name, state)
             if scales is not None:
                 rescale_update_(state, theta0, scales)
             return model
@@ -409,11 +575,30 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         if not modelpool.model_names:
             raise ValueError("LARV needs at least one fine-tuned model in the model pool")
 
+        if self.rank_cache and self.rank_cache_dir is not None:
+            process_rank_cache(self.rank_cache_dir)  # created and proven writable before any merge
+
         self._rng_state = torch.random.get_rng_state()
         self._cuda_rng_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        device = self.fabric.device if self._fabric_instance is not None else None
         with self.profile("load pretrained"):
-            theta0 = snapshot(float_state_dict(modelpool.load_pretrained_model()))
+            pretrained = modelpool.load_pretrained_model()
+            tied = tied_groups(pretrained.state_dict())
+            theta0 = snapshot(float_state_dict(pretrained))
+            del pretrained
         check_finite(PRETRAINED, theta0)
+        self._check_half_precision(PRETRAINED, theta0, device)
+        # Checkpoints on disk: compared with θ0 from their files, before anything is merged
+        unchecked = set(self._check_checkpoints(modelpool, theta0, tied))
+
+        def check_model(name: str, state: Mapping[str, torch.Tensor]) -> None:
+            self._check_half_precision(name, state, device)
+            if name in unchecked:  # a hub download the pool just made: its files are here now
+                path = checkpoint_path(modelpool._models[name])
+                if path is not None:
+                    check_checkpoint(name, path, theta0, tied)
+                unchecked.discard(name)
+
         layout = find_blocks(theta0.keys(), self.block_pattern)
         log.info("LARV: %d blocks (%s), %d parameters outside them", layout.num_blocks,
                  layout.blocks[0].prefix, len(layout.non_block_keys))
@@ -421,12 +606,13 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         # merger twice or reads them again after the merger (see _watched_pool).
         copy_inputs = self.apply == "pre" or self.source == "task_vectors" or self.conflict == "pairwise"
         handed_out: Dict[str, nn.Module] = {}
-        watched = self._watched_pool(modelpool, theta0, copy_in_memory=copy_inputs, handed_out=handed_out)
-        device = self.fabric.device if self._fabric_instance is not None else None
+        watched = self._watched_pool(modelpool, theta0, copy_in_memory=copy_inputs, handed_out=handed_out,
+                                     check_model=check_model)
 
         merged = None
         if self.apply == "post" or self.source == "merged":
-            merged = self._run_base(watched, theta0)
+            merged = self._run_base(watched, theta0, "merging the fine-tuned models (the merged update "
+                                    "LARV rescales or reads its diagnostics from)")
             if aliases_any(merged, list(handed_out.values())):
                 # e.g. task arithmetic returns the pool's pretrained model, simple average its
                 # first fine-tuned one: never rescale (or restore) the caller's module
@@ -450,7 +636,9 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                 rescale_update_(merged_state, theta0, schedule.scales)
             else:
                 del merged, merged_state
-                merged = self._run_base(self._watched_pool(modelpool, theta0, schedule.scales), theta0)
+                merged = self._run_base(
+                    self._watched_pool(modelpool, theta0, schedule.scales, check_model=check_model), theta0,
+                    "merging the rescaled fine-tuned models θ0 + λ ⊙ τ_t (apply: pre)")
 
         self.schedule = schedule
         self.record = {

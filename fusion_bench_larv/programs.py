@@ -55,34 +55,12 @@ from omegaconf import OmegaConf
 
 from fusion_bench.programs import FabricModelFusionProgram
 
+from .atomic import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 #: Name of the per-job metadata file written next to the report.
 JOB_METADATA_FILE = "job.json"
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temporary file in the same folder + rename).
-
-    Args:
-        path: Destination file; its parent folder is created.
-        obj: JSON-serialisable object.
-        **dump_kwargs: Passed to :func:`json.dump` (e.g. ``indent``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; reports are ordinary shared files
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, **dump_kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def read_finished_report(path: str | os.PathLike) -> Optional[Any]:

@@ -7,17 +7,18 @@ Files (written next to FusionBench's report, in the run's log dir):
 - ``larv_layers.csv``: the rows only.
 - ``larv_layers.png``: e, c, s and λ against depth (the paper's Figure 2 style).
 
-Each file is written to a temporary name and renamed, so a crash never leaves a half-written one.
+Each file is written with :mod:`fusion_bench_larv.atomic` (a temporary name, then a rename), so a
+crash never leaves a half-written one; files get the umask's usual mode, like FusionBench's.
 """
 
 import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Union
+
+from .atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +29,6 @@ PANELS = (
     ("s", "composite score $s_\\ell$"),
     ("scale", "scale $\\lambda_\\ell$"),
 )
-
-
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -202,6 +202,22 @@ def gate_scales(
     raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
+def check_scales(block_scales: Tensor, valid: Tensor, gate: str) -> None:
+    """The final check before anything is scaled: every λ finite and >= 0, and at least one
+    scored block with λ > 0 (else the merge would be the pretrained model, silently)."""
+    values = block_scales.tolist()
+    bad = [(i, v) for i, v in enumerate(values) if not math.isfinite(v) or v < 0]
+    if bad:
+        raise ValueError(
+            f"gate {gate!r} gave block {bad[0][0]} the scale λ = {bad[0][1]!r}; every λ must be finite "
+            f"and >= 0 (λ < 0 flips a task vector). Scales: {values}"
+        )
+    if not any(v > 0 for v, ok in zip(values, valid.tolist()) if ok):
+        raise ValueError(
+            f"gate {gate!r} gave every block λ = 0: the merge would be the pretrained model. Scales: {values}"
+        )
+
+
 def combine_diagnostics(per_source: Sequence[BlockDiagnostics]) -> BlockDiagnostics:
     """Average per-source block diagnostics, skipping sources whose block update is zero."""
     e = torch.stack([d.e for d in per_source])
@@ -229,6 +245,7 @@ def build_schedule(
     z = standardize(diagnostics.c, valid)
     s = composite_score(diagnostics.e, z, eta=eta, rho=rho, valid=valid)
     block_scales, tier = gate_scales(s, valid, **gate_kwargs)
+    check_scales(block_scales, valid, gate_kwargs.get("gate", "?"))
     skipped = [b.index for b in layout.blocks if not bool(valid[b.index])]
     if skipped:
         log.warning(

@@ -62,14 +62,16 @@ def test_identity_gate_reproduces_the_bare_merger_bit_for_bit(pools, merger):
 
 
 @pytest.mark.parametrize("merger", ["task_arithmetic", "iso_c", "ties_merging"])
-def test_zero_tiers_give_the_pretrained_weights_in_blocks(pools, merger):
+def test_zero_tier_gives_the_pretrained_weights_in_its_blocks(pools, merger):
     bare = run_bare(merger, pools())
-    larv, _ = run_larv(merger, pools(), tiers=[0.0, 0.0])
+    larv, algo = run_larv(merger, pools(), tiers=[0.0, 1.0])
     theta0, merged, base = pools.pretrained_state(), larv.state_dict(), bare.state_dict()
+    off = {r["prefix"] for r in algo.record["blocks"] if r["scale"] == 0.0}
+    assert len(off) == NUM_LAYERS // 2
     for key in theta0:
-        if is_block_key(key):
+        if any(key.startswith(prefix) for prefix in off):
             assert torch.equal(merged[key], theta0[key]), key
-        else:  # non_block_scale = 1: untouched
+        else:  # λ = 1 in the other tier, non_block_scale = 1: untouched
             assert torch.equal(merged[key], base[key]), key
 
 

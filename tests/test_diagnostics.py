@@ -507,16 +507,17 @@ def test_disk_rank_cache_persists_across_instances(model, tmp_path):
     torch.testing.assert_close(result.e, reference.e, rtol=1e-12, atol=0, equal_nan=True)
     files = sorted(p.name for p in (tmp_path / "ranks").iterdir())
     assert len(files) == len(first) == 4 * NUM_BLOCKS - 4 - 1
-    assert all(f.endswith(".json") and not f.startswith(".tmp-") for f in files)
+    assert all(f.endswith(".json") and not f.startswith(".") for f in files)
     # a new process (here: a new instance) reads the files instead of recomputing
     second = RankCache(tmp_path / "ranks")
     assert len(second) == 0
     key = rank_cache_key(block_key(0, "mlp.fc1.weight"), pretrained[block_key(0, "mlp.fc1.weight")])
     assert key in second and second[key] == first[key]
     for cache_key in list(first):
-        first[cache_key] = 2 * first[cache_key]  # written through to disk
-    doubled = block_diagnostics(pretrained, [merged], layout, rank_cache=RankCache(tmp_path / "ranks"))
-    torch.testing.assert_close(doubled.e, 2 * reference.e, rtol=1e-12, atol=0, equal_nan=True)
+        assert first[cache_key] >= 1 / 0.9
+        first[cache_key] = 0.9 * first[cache_key]  # written through to disk (a valid entry)
+    scaled = block_diagnostics(pretrained, [merged], layout, rank_cache=RankCache(tmp_path / "ranks"))
+    torch.testing.assert_close(scaled.e, 0.9 * reference.e, rtol=1e-12, atol=0, equal_nan=True)
     # clear() forgets memory only; a corrupt file or a file holding another key is a miss
     second.clear()
     assert len(second) == 0 and key in second
