@@ -49,7 +49,6 @@ from .veneer import (
     build_schedule,
     check_compatible,
     check_finite,
-    check_scales,
     combine_diagnostics,
     float_state_dict,
     rescale_update_,

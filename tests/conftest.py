@@ -82,6 +82,21 @@ def run_fusion_bench(overrides: Sequence[str], log_dir: Path, timeout: float = 3
     return json.loads(report.read_text())
 
 
+def run_fusion_bench_failing(overrides: Sequence[str], log_dir: Path, timeout: float = 300) -> str:
+    """Run the ``fusion_bench`` CLI offline, expect it to fail before any output, and return its
+    output (stdout + stderr)."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [fusion_bench_executable(), *overrides, f"path.log_dir={log_dir}"]
+    proc = subprocess.run(cmd, cwd=log_dir, env={**os.environ, **OFFLINE_ENV},
+                          capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{' '.join(cmd)} succeeded:\n{output[-4000:]}"
+    for name in ("program_report.json", "larv_layers.json", "larv_layers.csv", "larv_layers.png"):
+        assert not (log_dir / name).exists(), f"{name} written before the error"
+    return output
+
+
 @dataclass
 class TinySynth:
     """A down-sized synthetic benchmark (see the ``tiny_synth`` fixture)."""

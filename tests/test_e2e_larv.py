@@ -3,12 +3,10 @@
 import csv
 import json
 import math
-import os
-import subprocess
 
 import pytest
 
-from conftest import OFFLINE_ENV, fusion_bench_executable
+from conftest import run_fusion_bench_failing
 
 
 def assert_complete_larv_report(report, tasks, num_blocks, gate):
@@ -50,11 +48,5 @@ def test_identity_gate_matches_the_bare_merger_through_the_cli(tiny_synth, tmp_p
 
 
 def test_bad_key_fails_before_any_output(tiny_synth, tmp_path):
-    cmd = [fusion_bench_executable(), *tiny_synth.overrides(), "method=larv_iso_c",
-           "method.tiers=[1.0]", f"path.log_dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **OFFLINE_ENV},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "tiers needs at least 2 levels" in proc.stdout + proc.stderr
-    assert not (tmp_path / "program_report.json").exists()
-    assert not (tmp_path / "larv_layers.json").exists()
+    output = run_fusion_bench_failing([*tiny_synth.overrides(), "method=larv_iso_c", "method.tiers=[1.0]"], tmp_path)
+    assert "tiers needs at least 2 levels" in output

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import stat
-import subprocess
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 import fusion_bench_larv.algorithm as algorithm_module
-from conftest import OFFLINE_ENV, fusion_bench_executable
+from conftest import run_fusion_bench_failing
 from fusion_bench_larv.algorithm import BASE_MERGERS, BaseMergerError, LARVAlgorithm, LARVIsoC
 from fusion_bench_larv.atomic import atomic_write_json
 from fusion_bench_larv.blocks import find_blocks
@@ -93,6 +92,19 @@ def test_continuous_amplitude_3_used_to_flip_task_vectors(pools, no_output):
     """The reported case: rc 0 and blocks with λ ≈ -2. Now an error naming the key and value."""
     with pytest.raises(ValueError, match=r"amplitude 3.0 > 1.*1 - a = -2.0"):
         larv(gate="continuous", amplitude=3).run(pools())
+
+
+@pytest.mark.parametrize(
+    "attribute, value, match",
+    [("amplitude", 3.0, r"gate 'continuous' gave block \d the scale λ = -"),
+     ("tiers", [0.0, 0.0], "gate 'tiered' gave every block λ = 0")],
+)
+def test_the_schedule_is_checked_again_before_anything_is_scaled(pools, no_output, attribute, value, match):
+    """Parameters changed after __init__ bypass its checks: the final check still catches them."""
+    algo = larv(gate="continuous" if attribute == "amplitude" else "tiered")
+    setattr(algo, attribute, value)
+    with pytest.raises(ValueError, match=match):
+        algo.run(pools())
 
 
 def test_final_schedule_check_names_the_gate_and_the_scale():
@@ -255,6 +267,25 @@ def test_healthy_checkpoints_on_disk_merge(on_disk):
     assert len(algo.record["blocks"]) == NUM_LAYERS
 
 
+def test_a_full_clip_checkpoint_as_pretrained_is_accepted(pools, tmp_path):
+    """As with openai/clip-vit-*: the pretrained checkpoint also holds the text tower, which a
+    CLIPVisionModel does not load; the vision-only fine-tuned checkpoints match its vision tower."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+    config = CLIPConfig(text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=50),
+                        vision_config=pools.pretrained.config.to_dict(), projection_dim=16)
+    full = CLIPModel(config)
+    full.vision_model.load_state_dict(pools.pretrained.vision_model.state_dict())
+    full.save_pretrained(tmp_path / "full")
+    dirs = {"_pretrained_": str(tmp_path / "full")}
+    for name, model in pools.tasks.items():
+        model.save_pretrained(tmp_path / name)
+        dirs[name] = str(tmp_path / name)
+    merged = larv().run(CLIPVisionModelPool(DictConfig(dirs)))
+    assert isinstance(merged, CLIPVisionModel)
+
+
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
 @pytest.mark.parametrize(
     "edit, match",
@@ -321,14 +352,8 @@ def test_fusion_bench_keys_stay_accepted():
 
 
 def test_typo_through_the_cli_fails_before_any_output(tiny_synth, tmp_path):
-    cmd = [fusion_bench_executable(), *tiny_synth.overrides(), "method=larv_iso_c",
-           "+method.tier=[0.1,0.2]", f"path.log_dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **OFFLINE_ENV},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "unknown key 'tier'" in proc.stdout + proc.stderr and "did you mean 'tiers'?" in proc.stdout + proc.stderr
-    assert not (tmp_path / "program_report.json").exists()
-    assert not (tmp_path / "larv_layers.json").exists()
+    output = run_fusion_bench_failing([*tiny_synth.overrides(), "method=larv_iso_c", "+method.tier=[0.1,0.2]"], tmp_path)
+    assert "unknown key 'tier'" in output and "did you mean 'tiers'?" in output
 
 
 # ------------------------------------------------------------------ 6. base-merger errors
