@@ -249,7 +249,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         gate: ``tiered`` (the paper's main variant) | ``continuous`` (the paper's ablation) |
             ``linear_depth`` (LiNeS-style baseline) | ``identity`` (λ = 1: the bare merger).
         tiers: tier values, lowest-scored blocks first; 2 or more levels, each finite and >= 0
-            (0 switches a tier off). Default [0.6, 1.0, 1.2] is ours, not the paper's.
+            (0 switches a tier off), not all 0. Default [0.6, 1.0, 1.2] is ours, not the paper's.
         tier_assignment: ``score`` (rank blocks by s) or ``depth`` (depth-only ablation).
         eta: η, exponent of the rank contrast e in the score (ours: 1).
         rho: ρ >= 0, exponent of the depth prior ((ℓ+1)/L)^ρ (ours: 0.5; 0 removes it).
@@ -259,8 +259,10 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         apply: ``post`` (θ0 + λ ⊙ Δ) or ``pre`` (the base merger runs on θ0 + λ ⊙ τ_t).
         non_block_scale: scale of every parameter outside the blocks (ours: 1).
         amplitude, steepness: a and γ of the continuous gate λ = 1 + a tanh(γ (s/median(s) − 1)).
-        min_scale, max_scale: optional clamp of the continuous gate.
-        lines_alpha, lines_beta: α and β of the linear_depth gate λ = α + β ℓ / (L − 1).
+            a > 1 could give λ < 0 (flipped task vectors) and needs ``min_scale >= 0``.
+        min_scale, max_scale: optional clamp of the continuous gate (``max_scale: 0`` is refused).
+        lines_alpha, lines_beta: α and β of the linear_depth gate λ = α + β ℓ / (L − 1); α >= 0
+            and α + β >= 0 (every λ >= 0), not both 0.
         block_pattern: null (detect HF CLIP, open_clip or T5 blocks) or a regex / list of
             regexes with one capture group for the block index.
         rank_method: ``exact`` (float64 Gram matrices, eigenvalues and commutator products: the
@@ -271,11 +273,18 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             by parameter name, shape, precision and a BLAKE2b digest of the weights; exact).
         rank_cache_dir: null (memory only) or a folder where the cached ranks are also kept
             across processes (one small JSON file per matrix, written atomically: safe for
-            concurrent multirun jobs). Needs ``rank_cache: true``.
+            concurrent multirun jobs; each checked on read, see ``diagnostics.RankCache``).
+            Created and proven writable before the base merger runs. Needs ``rank_cache: true``.
         cpu_linalg: ``numpy`` (default: numpy's OpenBLAS/LAPACK, measured faster on CPU in
             docs/performance.md) or ``torch``: which library does the diagnostics' products and
             eigenvalues on CPU; the same float64 arithmetic, equal results to round-off. Other
             devices (the fabric's GPU) always use torch.
+
+    Raises (see README "Errors"): ``TypeError`` for an unknown key (with the closest valid one)
+    or a non-numeric base-merger value; ``ValueError`` for a bad value, a schedule with some
+    λ < 0 or every λ = 0, a model or checkpoint that does not match θ0, a half-precision pool
+    with an SVD merger on CPU, or an unusable ``rank_cache_dir``; ``BaseMergerError`` for an
+    error inside the base merger (chained).
     """
 
     def __init__(
@@ -610,8 +619,13 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
 
         merged = None
         if self.apply == "post" or self.source == "merged":
-            merged = self._run_base(watched, theta0, "merging the fine-tuned models (the merged update "
-                                    "LARV rescales or reads its diagnostics from)")
+            try:
+                merged = self._run_base(watched, theta0, "merging the fine-tuned models (the merged "
+                                        "update LARV rescales or reads its diagnostics from)")
+            except BaseException:
+                if PRETRAINED in handed_out:  # a merger that failed half-way: θ0 back all the same
+                    restore_(float_state_dict(handed_out[PRETRAINED]), theta0)
+                raise
             if aliases_any(merged, list(handed_out.values())):
                 # e.g. task arithmetic returns the pool's pretrained model, simple average its
                 # first fine-tuned one: never rescale (or restore) the caller's module

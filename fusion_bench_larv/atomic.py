@@ -24,8 +24,12 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; its parent folder is created. Returns the path."""
+def atomic_write_bytes(path: PathLike, data: bytes, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically; its parent folder is created. Returns the path.
+
+    ``durable=False`` skips the ``fsync`` before the rename: the write is still atomic for other
+    processes, but a power loss may lose it (fine for caches whose entries are checked on read).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -39,8 +43,9 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -49,11 +54,11 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8", durable: bool = True) -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode(encoding))
+    return atomic_write_bytes(path, text.encode(encoding), durable=durable)
 
 
-def atomic_write_json(path: PathLike, obj: Any, **dump_kwargs: Any) -> Path:
+def atomic_write_json(path: PathLike, obj: Any, durable: bool = True, **dump_kwargs: Any) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; ``dump_kwargs`` go to :func:`json.dumps`."""
-    return atomic_write_text(path, json.dumps(obj, **dump_kwargs))
+    return atomic_write_text(path, json.dumps(obj, **dump_kwargs), durable=durable)

@@ -512,7 +512,8 @@ class RankCache(MutableMapping):
             return
         record = self._key_record(key)
         atomic_write_json(self._path(key), {"key": record, "r_eff": float(value),
-                                            "digest": self._entry_digest(record, float(value))})
+                                            "digest": self._entry_digest(record, float(value))},
+                          durable=False)  # a torn or lost entry fails its checks: a miss
 
     def __delitem__(self, key) -> None:
         del self._memory[key]

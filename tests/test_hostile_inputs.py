@@ -377,6 +377,25 @@ def test_errors_inside_the_base_merger_name_merger_config_and_phase(pools, no_ou
     assert info.value.__cause__ is original
 
 
+class HalfWayMerger(BaseAlgorithm):
+    """Writes into the pretrained model, as task arithmetic does, then fails."""
+
+    def run(self, modelpool):
+        with torch.no_grad():
+            for p in modelpool.load_pretrained_model().parameters():
+                p.add_(1.0)
+        raise RuntimeError("failed half-way")
+
+
+def test_a_merger_failing_half_way_leaves_the_in_memory_pretrained_model_untouched(pools, no_output):
+    pool = pools()
+    before = {k: v.clone() for k, v in pool.load_pretrained_model().state_dict().items()}
+    with pytest.raises(BaseMergerError, match="failed half-way"):
+        LARVAlgorithm(base_method=HalfWayMerger()).run(pool)
+    after = pool.load_pretrained_model().state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_a_base_merger_that_cannot_be_instantiated_is_wrapped(pools, no_output):
     base = {**BASE_MERGERS["iso_c"], "no_such_key": 1}  # ISO_C_Merge takes no **kwargs
     with pytest.raises(BaseMergerError, match=r"ISO_C_Merge failed while being instantiated.*no_such_key") as info:
