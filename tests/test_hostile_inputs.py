@@ -311,6 +311,25 @@ def test_broken_checkpoint_on_disk_is_an_error_naming_model_key_and_shapes(
     assert snapshot_files(dirs) == before  # inputs untouched
 
 
+def test_a_checkpoint_not_on_disk_before_loading_is_checked_right_after(on_disk, tmp_path, no_output, monkeypatch):
+    """A hub id not in the local cache yet: its files are read as soon as the pool downloaded it."""
+    from fusion_bench_larv.checkpoints import checkpoint_path
+
+    dirs = {**on_disk, "bad": broken_copy(on_disk["task0"], tmp_path / "bad", drop(fc1(2)))}
+    calls = []
+
+    def not_downloaded_yet(config):
+        calls.append(config)
+        first_look = sum(c == dirs["bad"] for c in calls) == 1
+        return None if config == dirs["bad"] and first_look else checkpoint_path(config)
+
+    monkeypatch.setattr(algorithm_module, "checkpoint_path", not_downloaded_yet)
+    merger = RecordingMerger()
+    with pytest.raises(ValueError, match=rf"model 'bad': .* no tensor '{fc1(2)}'"):
+        LARVAlgorithm(base_method=merger).run(CLIPVisionModelPool(DictConfig(dirs)))
+    assert merger.calls == 1 and calls.count(dirs["bad"]) == 2
+
+
 def test_broken_pretrained_checkpoint_and_config_entries_are_checked(on_disk, tmp_path, no_output):
     """The pretrained checkpoint itself, and a ``from_pretrained`` config entry (BaseModelPool)."""
     bad_pretrained = broken_copy(on_disk["_pretrained_"], tmp_path / "p", drop(fc1(0)))
