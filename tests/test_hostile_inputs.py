@@ -370,9 +370,20 @@ def test_fusion_bench_keys_stay_accepted():
     assert algo.tiers == [0.5, 1.0]
 
 
-def test_typo_through_the_cli_fails_before_any_output(tiny_synth, tmp_path):
-    output = run_fusion_bench_failing([*tiny_synth.overrides(), "method=larv_iso_c", "+method.tier=[0.1,0.2]"], tmp_path)
-    assert "unknown key 'tier'" in output and "did you mean 'tiers'?" in output
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["+method.tier=[0.1,0.2]"], ["unknown key 'tier'", "did you mean 'tiers'?"]),
+        (["method.gate=continuous", "method.amplitude=3"], ["amplitude 3.0 > 1"]),
+        (["method.base_method.scaling_factor=abc"], ["base_method.scaling_factor must be a real number, got 'abc'"]),
+    ],
+    ids=["typo", "amplitude", "base-value"],
+)
+def test_bad_input_through_the_cli_fails_before_any_output(tiny_synth, tmp_path, overrides, expected):
+    """The reported CLI cases (items 1, 5, 6): each used to run with rc 0 or fail deep inside."""
+    output = run_fusion_bench_failing([*tiny_synth.overrides(), "method=larv_iso_c", *overrides], tmp_path)
+    for text in expected:
+        assert text in output, output[-3000:]
 
 
 # ------------------------------------------------------------------ 6. base-merger errors
