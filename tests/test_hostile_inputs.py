@@ -10,6 +10,7 @@ resumable program's sweeps tests.)
 import json
 import logging
 import os
+import re
 import stat
 
 import pytest
@@ -181,8 +182,28 @@ def test_a_bad_rank_cache_entry_is_recomputed_and_rewritten_with_one_warning(
     torch.testing.assert_close(again.e, reference.e, rtol=1e-12, atol=0, equal_nan=True)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(path) in warnings[0], warnings
-    assert __import__("re").search(reason, warnings[0]), warnings[0]
+    assert re.search(reason, warnings[0]), warnings[0]
     assert json.loads(path.read_text()) == json.loads(good)  # rewritten, valid again
+
+
+def test_a_cache_with_every_rank_multiplied_by_50_no_longer_changes_the_merge(pools, tmp_path, caplog):
+    """The reported case, through LARV: valid JSON with r_eff x 50 moved e and reordered tiers."""
+    from fusion_bench_larv.diagnostics import process_rank_cache
+
+    directory = tmp_path / "ranks"
+    first = larv(rank_cache_dir=str(directory))
+    first.run(pools())
+    files = sorted(directory.glob("*.json"))
+    for path in files:
+        _corrupt(path, lambda r: r.update(r_eff=50 * r["r_eff"]))
+    process_rank_cache(str(directory)).clear()  # as in a new process: read the files again
+    second = larv(rank_cache_dir=str(directory))
+    with caplog.at_level(logging.WARNING, logger="fusion_bench_larv.diagnostics"):
+        second.run(pools())
+    assert [(r["e"], r["scale"]) for r in second.record["blocks"]] == \
+        [(r["e"], r["scale"]) for r in first.record["blocks"]]
+    warned = [r.getMessage() for r in caplog.records if "rank cache" in r.getMessage()]
+    assert len(warned) == len(files) > 0 and all("impossible for shape" in w for w in warned)
 
 
 def test_rank_cache_dir_that_is_a_file_fails_before_the_base_merger(pools, tmp_path, no_output):
@@ -435,7 +456,7 @@ def test_a_base_merger_that_cannot_be_instantiated_is_wrapped(pools, no_output):
 
 # ------------------------------------------------------------------ 7. half precision + SVD mergers
 @pytest.fixture(scope="module")
-def half_pools(pools):
+def half_pools():
     return {dtype: TinyPool(num_tasks=2, dtype=dtype) for dtype in (torch.float16, torch.bfloat16)}
 
 
