@@ -213,7 +213,8 @@ def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str,
         record = _read_json(Path(rec["log_dir"]) / "larv_layers.json") if rec.get("larv") and rec.get("log_dir") else None
         if rec.get("status") == "completed" and isinstance(record, dict):
             row["base_merger"] = base_merger_label(record)
-            row.update({f"larv.{k}": record.get(k) for k in LARV_KEYS})
+            row.update({f"larv.{k}": json.dumps(v) if isinstance(v, list) else v
+                        for k, v in ((k, record.get(k)) for k in LARV_KEYS)})
             row["scales"] = " ".join(f"{b.get('scale'):g}" for b in record.get("blocks", []))
         row.update(overrides=" ".join(rec.get("overrides") or []), log_dir=rec.get("log_dir") or "",
                    error=rec.get("error") or "")

@@ -82,7 +82,7 @@ def test_plain_multirun_keeps_every_job_and_ends_with_a_sweep_table(tiny_synth, 
         for task in tiny_synth.tasks + ["average"]:
             assert float(r[task]) == report[task]["accuracy"]
         assert float(r["delta_average"]) == pytest.approx(average(report) - average(bare), abs=1e-12)
-        assert r["larv.gate"] == "tiered" and json.loads(r["larv.tiers"].replace("'", '"')) == json.loads(
+        assert r["larv.gate"] == "tiered" and json.loads(r["larv.tiers"]) == json.loads(
             TIERS_2X2[int(r["job"])])
     md = (sweep_dir / "sweep_summary.md").read_text()
     assert "| job | status | method.tiers |" in md and "Δ average" in md
