@@ -403,6 +403,7 @@ def test_skips_job_with_finished_report(tmp_path, monkeypatch):
     report = tmp_path / "job" / "program_report.json"
     report.parent.mkdir(parents=True)
     report.write_text(json.dumps({"average": {"accuracy": 0.5}}))
+    (report.parent / "job.json").write_text(json.dumps({"config": prog._fingerprint()}))
     before = report.stat()
 
     def boom(self):
@@ -413,7 +414,31 @@ def test_skips_job_with_finished_report(tmp_path, monkeypatch):
     assert result["skipped"] is True and result["report"] == {"average": {"accuracy": 0.5}}
     after = report.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert sorted(os.listdir(report.parent)) == ["program_report.json"]
+    assert sorted(os.listdir(report.parent)) == ["job.json", "program_report.json"]
+
+
+@pytest.mark.parametrize("saved", [None, {"overrides": []}, "other method"])
+def test_reruns_a_finished_job_whose_config_is_not_known_to_be_the_same(tmp_path, monkeypatch, saved):
+    prog = make_program(tmp_path)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "program_report.json").write_text(json.dumps({"average": {"accuracy": 0.5}}))
+    if saved == "other method":
+        other = dict(prog._fingerprint(), method={"_target_": "fusion_bench.method.SimpleAverageAlgorithm"})
+        (job / "job.json").write_text(json.dumps({"config": other}))
+    elif saved is not None:
+        (job / "job.json").write_text(json.dumps(saved))
+
+    def fake_run(self):
+        with open(self.report_save_path, "w") as f:
+            json.dump({"average": {"accuracy": 0.7}}, f)
+        return {"merged_model": None, "report": {"average": {"accuracy": 0.7}}}
+
+    monkeypatch.setattr(programs.FabricModelFusionProgram, "run", fake_run)
+    assert not prog.run().get("skipped")
+    assert json.loads((job / "program_report.json").read_text()) == {"average": {"accuracy": 0.7}}
+    assert json.loads((job / "program_report.json.stale").read_text()) == {"average": {"accuracy": 0.5}}
+    assert json.loads((job / "job.json").read_text())["config"] == prog._fingerprint()
 
 
 def test_runs_and_writes_atomically(tmp_path, monkeypatch):
