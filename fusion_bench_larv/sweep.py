@@ -187,9 +187,13 @@ def _swept_keys(records: Sequence[Dict[str, Any]]) -> List[str]:
     return [k for k in keys if len({p.get(k) for p in parsed}) > 1]
 
 
-def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str, float]] = None
-                 ) -> Tuple[List[Dict[str, Any]], List[str], List[str]]:
-    """(rows, columns, swept keys) of the sweep table; accuracies as fractions, as reported."""
+def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str, float]] = None,
+                 shared_log_dirs: Sequence[str] = ()) -> Tuple[List[Dict[str, Any]], List[str], List[str]]:
+    """(rows, columns, swept keys) of the sweep table; accuracies as fractions, as reported.
+
+    Jobs whose log dir another job of the sweep also wrote to get the status
+    ``completed, shared log dir`` and no results: the report there is one of theirs, not known
+    which."""
     swept = _swept_keys(records)
     rows, tasks = [], []
     for rec in records:
@@ -197,7 +201,9 @@ def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str,
         row: Dict[str, Any] = {"job": rec.get("job_num"), "status": rec.get("status")}
         row.update({k: ov.get(k, "") for k in swept})
         acc: Dict[str, float] = {}
-        if rec.get("status") == "completed":
+        if rec.get("status") == "completed" and rec.get("log_dir") in shared_log_dirs:
+            row["status"] = "completed, shared log dir"
+        elif rec.get("status") == "completed":
             report = read_report(rec["report"]) if rec.get("report") else None
             acc = accuracies(report)
             if report is None:
@@ -211,7 +217,7 @@ def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str,
                 if task in baseline:
                     row[f"delta_{task}"] = value - baseline[task]
         record = _read_json(Path(rec["log_dir"]) / "larv_layers.json") if rec.get("larv") and rec.get("log_dir") else None
-        if rec.get("status") == "completed" and isinstance(record, dict):
+        if row["status"] == "completed" and isinstance(record, dict):
             row["base_merger"] = base_merger_label(record)
             row.update({f"larv.{k}": json.dumps(v) if isinstance(v, list) else v
                         for k, v in ((k, record.get(k)) for k in LARV_KEYS)})
@@ -311,7 +317,16 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, baseline: Optional[str] = 
     base_acc = accuracies(read_report(baseline)) if baseline else None
     with _locked(sweep_dir / ".sweep_summary.lock"):
         records = load_records(sweep_dir)
-        rows, columns, swept = summary_rows(records, base_acc)
+        shared: Dict[str, List[Any]] = {}
+        for rec in records:
+            if rec.get("log_dir"):
+                shared.setdefault(rec["log_dir"], []).append(rec.get("job_num"))
+        for log_dir, jobs in shared.items():
+            if len(jobs) > 1:
+                log.warning("Jobs %s share path.log_dir=%s: each overwrote the previous one's report, so their "
+                            "results are not shown. Drop the path.log_dir override, or make it differ per job.",
+                            jobs, log_dir)
+        rows, columns, swept = summary_rows(records, base_acc, {d for d, jobs in shared.items() if len(jobs) > 1})
         base_avg = (base_acc or {}).get("average")
         done = sum(r["status"] == "completed" for r in rows)
         failed = sum(r["status"] == "failed" for r in rows)

@@ -192,3 +192,15 @@ def test_run_summary_lines():
     assert lines[1:4] == ["  average accuracy: 37.50 %", "    a: 25.00 %", "    b: 50.00 %"]
     assert lines[4] == "  λ per block (0..2, shallow to deep): 0.6 1 1.2"
     assert lines[5] == "  per-block record: /x/larv_layers.{json,csv,png}"
+
+
+def test_jobs_that_shared_a_log_dir_show_no_results(tmp_path, caplog):
+    _records(tmp_path, [(["method.eta=1"], 0.5), (["method.eta=2"], 0.6), (["method.eta=3"], 0.7)])
+    for num in (0, 1):  # jobs 0 and 1 wrote into one folder (a fixed path.log_dir=...)
+        rec = json.loads((tmp_path / str(num) / sweep.JOB_RECORD).read_text())
+        rec.update(log_dir=str(tmp_path / "shared"), report=str(tmp_path / "1" / "program_report.json"))
+        (tmp_path / str(num) / sweep.JOB_RECORD).write_text(json.dumps(rec))
+    rows = sweep.write_sweep_summary(tmp_path)["rows"]
+    assert [(r["status"], r.get("average")) for r in rows] == [
+        ("completed, shared log dir", None), ("completed, shared log dir", None), ("completed", 0.7)]
+    assert "Jobs [0, 1] share path.log_dir" in caplog.text
