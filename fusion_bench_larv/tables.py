@@ -4,7 +4,8 @@ Input: a folder tree written by :mod:`fusion_bench_larv.reproduce` (any depth). 
 folder with FusionBench's ``program_report.json``; its identity (model pool, method, overrides,
 corruption, ...) is read from ``job.json`` (written by
 :class:`fusion_bench_larv.programs.ResumableFusionProgram`), falling back to Hydra's
-``hydra_output/overrides.yaml`` that FusionBench links into every job folder. Reports have
+``hydra_output/overrides.yaml`` that FusionBench links into every job folder (or Hydra's own
+``overrides.yaml``, in a plain ``fusion_bench -m`` job folder). Reports have
 FusionBench's flat layout (``{<task>: ..., "average": ...}``), and LARV's per-block record comes
 from ``larv_layers.json`` next to the report. Reports written by earlier versions of this package
 nest the task pool's report under ``"model"`` and the record under ``"larv"``; they are read too.
@@ -197,9 +198,12 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
         choices = dict(meta.get("choices") or {})
         method_cfg = dict(meta.get("method") or {})
     else:
-        overrides = _read_overrides_yaml(run_dir / "hydra_output" / "overrides.yaml")
+        # FusionBench links Hydra's job folder in as hydra_output/; in a plain multirun through
+        # our primary config the job folder is Hydra's, so overrides.yaml is right there
+        overrides = (_read_overrides_yaml(run_dir / "hydra_output" / "overrides.yaml")
+                     or _read_overrides_yaml(run_dir / "overrides.yaml"))
         if overrides is None:
-            log.warning("%s: no job.json and no hydra_output/overrides.yaml; skipped", run_dir)
+            log.warning("%s: no job.json, no overrides.yaml and no hydra_output/overrides.yaml; skipped", run_dir)
             return None
     ov = _overrides_to_dict(overrides)
     modelpool = choices.get("modelpool") or ov.get("modelpool", "")

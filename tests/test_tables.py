@@ -315,6 +315,16 @@ def test_overrides_yaml_fallback_without_job_json(tmp_path):
     assert runs[0].labels["merger"] == "simple_average" and runs[0].labels["larv"] is False
 
 
+def test_plain_multirun_job_folders_are_labelled_from_their_overrides_yaml(tmp_path):
+    """A plain `fusion_bench -m` job folder is Hydra's own: overrides.yaml lies in it."""
+    root = tmp_path / "multirun"
+    d = write_job(root, "tinyclip_synth8", "larv_iso_c", ["method.tiers=[0.6,1.0,1.4]"], uniform(0.5),
+                  larv=larv_record(tiers=(0.6, 1.0, 1.4)), with_job_json=False)
+    (d / "overrides.yaml").write_text("- modelpool=tinyclip_synth8\n- method=larv_iso_c\n- method.tiers=[0.6,1.0,1.4]\n")
+    (run,) = tables.collect(root)
+    assert (run.labels["merger"], run.labels["larv"], run.labels["tiers"]) == ("iso_c", True, "0.6/1/1.4")
+
+
 def test_latex_escaping():
     assert tables.latex_escape("50% of x_1 & Δ — #") == r"50\% of x\_1 \& $\Delta$ -- \#"
 
