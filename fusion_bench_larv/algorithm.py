@@ -666,12 +666,8 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         if log_dir is not None:
             save_layer_report(self.record, log_dir)
         self.print_profile_summary()
-
-        program = getattr(self, "_program", None)
-        if program is not None and getattr(program, "merged_model_save_path", None) is None:
-            # FusionBench evaluates the module values of a returned dict and copies the others
-            # into the program report: {"model": <task pool report>, "larv": <per-block table>}.
-            return {"model": merged, "larv": self.record}
+        # Only the model: FusionBench's program_report.json keeps its flat layout
+        # ({<task>: ..., "average": ...}); the record is in larv_layers.json and self.record.
         return merged
 
 

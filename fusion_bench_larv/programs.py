@@ -13,18 +13,23 @@ launcher, ``hydra-joblib-launcher`` (loky worker processes) and ``hydra-submitit
 :class:`ResumableFusionProgram` is selected with
 ``_target_=fusion_bench_larv.programs.ResumableFusionProgram`` and adds three things:
 
-1. **Skip finished jobs.** Before anything is loaded it resolves the job's report path (the
-   ``{log_dir}`` placeholder is filled from ``path.log_dir``, which is what FusionBench's default
-   TensorBoard logger uses as its log dir). If a readable JSON report is already there, the job
-   logs "skipping" and returns without touching the job directory. The report is the completion
-   marker: it is the last file a job writes.
+1. **Skip finished jobs, never a changed one.** Before anything is loaded it resolves the job's
+   report path (the ``{log_dir}`` placeholder is filled from ``path.log_dir``, which is what
+   FusionBench's default TensorBoard logger uses as its log dir). The job is skipped only when a
+   readable JSON report is there *and* the ``config`` saved in ``job.json`` next to it equals
+   this job's: the resolved ``method``, ``modelpool`` and ``taskpool`` configs and this
+   package's version (:func:`job_fingerprint`). Otherwise the job runs again and logs why (the
+   keys that differ, or that nothing was saved); the old report is first renamed to
+   ``program_report.json.stale``, so that a rerun killed half-way never leaves an old report
+   next to a new ``job.json``. The report is the completion marker: it is the last file a job
+   writes.
 2. **Atomic reports.** The report is written to a temporary file in the same directory and
    moved into place with :func:`os.replace`, so a job killed while writing never leaves a
    truncated report that a rerun would mistake for a finished job.
 3. **Job metadata.** ``job.json`` (written before the report, also atomically) records the
-   job's Hydra overrides, its config-group choices (``method``, ``modelpool``, ``taskpool``) and
+   job's Hydra overrides, its config-group choices (``method``, ``modelpool``, ``taskpool``),
    the resolved method config, so that :mod:`fusion_bench_larv.tables` can label every report
-   without parsing directory names.
+   without parsing directory names, and the ``config`` fingerprint the skip rule compares.
 
 Per-job directories come from the command line, not from this class:
 :mod:`fusion_bench_larv.reproduce` sets ``path.log_dir=<root>/${hydra:job.override_dirname}``
@@ -61,6 +66,64 @@ log = logging.getLogger(__name__)
 
 #: Name of the per-job metadata file written next to the report.
 JOB_METADATA_FILE = "job.json"
+#: Suffix of a report set aside because its job runs again with another config.
+STALE_SUFFIX = ".stale"
+
+
+def _plain(cfg: Any) -> Any:
+    """A resolved, JSON-normalised copy of a config (``None`` stays ``None``)."""
+    if cfg is None:
+        return None
+    if OmegaConf.is_config(cfg):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return json.loads(json.dumps(cfg, default=str))
+
+
+def job_fingerprint(method: Any, modelpool: Any, taskpool: Any) -> Dict[str, Any]:
+    """What a finished job must share with a rerun to be skipped: the resolved method, model
+    pool and task pool configs, and this package's version (JSON-ready)."""
+    from . import __version__
+
+    return {"method": _plain(method), "modelpool": _plain(modelpool), "taskpool": _plain(taskpool),
+            "fusion_bench_larv": __version__}
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> List[str]:
+    """``key: saved → current`` for every leaf where two JSON-like configs differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out: List[str] = []
+        for key in list(saved) + [k for k in current if k not in saved]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in current:
+                out.append(f"{name}: {saved[key]!r} → (absent)")
+            elif key not in saved:
+                out.append(f"{name}: (absent) → {current[key]!r}")
+            else:
+                out.extend(config_differences(saved[key], current[key], name))
+        return out
+    return [] if saved == current else [f"{prefix or 'config'}: {saved!r} → {current!r}"]
+
+
+def stale_reason(report_path: str | os.PathLike, fingerprint: Dict[str, Any]) -> Optional[str]:
+    """Why the finished report at ``report_path`` is not this job's result (``None``: it is).
+
+    The job's ``job.json`` next to the report must hold a ``config`` equal to ``fingerprint``.
+    """
+    meta_path = Path(report_path).parent / JOB_METADATA_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return f"no {JOB_METADATA_FILE} next to the report, so its config cannot be checked"
+    except (OSError, ValueError) as e:
+        return f"{meta_path} cannot be read ({e})"
+    saved = meta.get("config") if isinstance(meta, dict) else None
+    if saved is None:
+        return f"{meta_path} saves no config (written by an earlier version), so it cannot be checked"
+    diffs = config_differences(saved, fingerprint)
+    if not diffs:
+        return None
+    shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
+    return f"its saved config differs: {shown}"
 
 
 def read_finished_report(path: str | os.PathLike) -> Optional[Any]:
@@ -227,8 +290,14 @@ class ResumableFusionProgram(FabricModelFusionProgram):
         elif self.skip_existing:
             finished = read_finished_report(report_path)
             if finished is not None:
-                log.info("Skipping finished job: report exists at %s", report_path)
-                return {"merged_model": None, "report": finished, "skipped": True}
+                reason = stale_reason(report_path, self._fingerprint())
+                if reason is None:
+                    log.info("Skipping finished job: report exists at %s, with the same config", report_path)
+                    return {"merged_model": None, "report": finished, "skipped": True}
+                stale = f"{report_path}{STALE_SUFFIX}"
+                os.replace(report_path, stale)
+                log.warning("Running the job again: a report exists at %s, but %s. The old report is now %s.",
+                            report_path, reason, stale)
 
         claim = self._claim_gpu()
         try:
@@ -280,6 +349,9 @@ class ResumableFusionProgram(FabricModelFusionProgram):
                 tmp.unlink()
         return result
 
+    def _fingerprint(self) -> Dict[str, Any]:
+        return job_fingerprint(self._method, self._modelpool, self._taskpool)
+
     def _job_metadata(self) -> Dict[str, Any]:
         meta: Dict[str, Any] = _hydra_job_metadata()
         try:
@@ -287,4 +359,5 @@ class ResumableFusionProgram(FabricModelFusionProgram):
         except Exception:  # pragma: no cover - unresolvable keys are not worth a failure
             meta["method"] = None
         meta.update(self.extra_metadata)
+        meta["config"] = self._fingerprint()  # what a rerun must equal to skip this job
         return meta

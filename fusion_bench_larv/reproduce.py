@@ -41,8 +41,9 @@ TSV-M ``alpha=1.0``), so every Δ compares like with like.
 Multirun plumbing (every command):
 
 * ``_target_=fusion_bench_larv.programs.ResumableFusionProgram``: a job whose report exists is
-  skipped (resume after a crash or preemption), reports are written atomically, and each job
-  records ``job.json`` (see :mod:`fusion_bench_larv.programs`).
+  skipped (resume after a crash or preemption) if the config saved in its ``job.json`` equals
+  the new job's, reports are written atomically, and each job records ``job.json`` (see
+  :mod:`fusion_bench_larv.programs`).
 * ``path.log_dir=<output>/${hydra:runtime.choices.modelpool}/${hydra:runtime.choices.method}/${hydra:job.override_dirname}``:
   a job directory that is a deterministic function of the job's identity overrides, so a rerun
   finds it and an identical job asked for by two experiments runs once. Plumbing keys are

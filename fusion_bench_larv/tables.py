@@ -4,8 +4,11 @@ Input: a folder tree written by :mod:`fusion_bench_larv.reproduce` (any depth). 
 folder with FusionBench's ``program_report.json``; its identity (model pool, method, overrides,
 corruption, ...) is read from ``job.json`` (written by
 :class:`fusion_bench_larv.programs.ResumableFusionProgram`), falling back to Hydra's
-``hydra_output/overrides.yaml`` that FusionBench links into every job folder. LARV's per-block
-record comes from the report's ``"larv"`` key, else from ``larv_layers.json`` next to it.
+``hydra_output/overrides.yaml`` that FusionBench links into every job folder (or Hydra's own
+``overrides.yaml``, in a plain ``fusion_bench -m`` job folder). Reports have
+FusionBench's flat layout (``{<task>: ..., "average": ...}``), and LARV's per-block record comes
+from ``larv_layers.json`` next to the report. Reports written by earlier versions of this package
+nest the task pool's report under ``"model"`` and the record under ``"larv"``; they are read too.
 
 Output (``--out``):
 
@@ -197,9 +200,12 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
         choices = dict(meta.get("choices") or {})
         method_cfg = dict(meta.get("method") or {})
     else:
-        overrides = _read_overrides_yaml(run_dir / "hydra_output" / "overrides.yaml")
+        # FusionBench links Hydra's job folder in as hydra_output/; in a plain multirun through
+        # our primary config the job folder is Hydra's, so overrides.yaml is right there
+        overrides = (_read_overrides_yaml(run_dir / "hydra_output" / "overrides.yaml")
+                     or _read_overrides_yaml(run_dir / "overrides.yaml"))
         if overrides is None:
-            log.warning("%s: no job.json and no hydra_output/overrides.yaml; skipped", run_dir)
+            log.warning("%s: no job.json, no overrides.yaml and no hydra_output/overrides.yaml; skipped", run_dir)
             return None
     ov = _overrides_to_dict(overrides)
     modelpool = choices.get("modelpool") or ov.get("modelpool", "")
@@ -259,9 +265,10 @@ def collect(root: str | os.PathLike) -> List[Run]:
 def task_metrics(report: Dict[str, Any]) -> "OrderedDict[str, Dict[str, float]]":
     """``{task: {accuracy, loss}}`` entries of a FusionBench report (incl. ``average``).
 
-    A method that returns ``{"model": merged, "larv": record}`` (the LARV wrapper) gets its task
-    pool report nested under ``"model"`` by FusionBench; a bare merger's report is flat. Both
-    layouts are read.
+    Reads FusionBench's flat layout (every report of this package's current version, LARV or
+    bare) and the nested one of earlier LARV reports, whose method returned
+    ``{"model": merged, "larv": record}`` so that FusionBench put the task pool's report under
+    ``"model"``.
     """
     out: "OrderedDict[str, Dict[str, float]]" = OrderedDict()
     for key, value in report.items():
@@ -803,27 +810,39 @@ def _finite(x: Any) -> bool:
         return False
 
 
-def tier_figure(mids, deeps, matrix, title: str):
-    """Figure 4: Δ accuracy heatmap over (middle, deep) tier values, centred at 0 (red = gain)."""
+def tier_figure(mids, deeps, matrix, title: str, *, ylabel: str = "middle tier scale",
+                xlabel: str = "deep tier scale", value_label: str = "Δ accuracy (points)", centered: bool = True):
+    """Figure 4: a heatmap of ``matrix[i][j]`` over rows ``mids`` (y) and columns ``deeps`` (x).
+
+    By default a Δ accuracy heatmap over (middle, deep) tier values, colour map centred at 0
+    (red = gain). ``centered=False`` draws plain values (e.g. average accuracy) with a sequential
+    colour map. Missing cells (``None``) are shown as "—". The drawn matrix is the figure's
+    ``axes[0].images[0].get_array()``.
+    """
     plt = _plt()
     import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import Normalize, TwoSlopeNorm
 
     data = np.array([[np.nan if v is None else v for v in line] for line in matrix], dtype=float)
     finite = data[np.isfinite(data)]
-    bound = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(deeps), 1.0 + 0.8 * len(mids)))
-    im = ax.imshow(data, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound), origin="lower")
+    if centered:
+        bound = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
+        cmap, norm, fmt = "RdBu_r", TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound), "{:+.1f}"
+    else:
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        cmap, norm, fmt = "viridis", Normalize(vmin=low, vmax=high if high > low else low + 1e-6), "{:.1f}"
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.8 + 0.9 * len(deeps)), max(3.2, 1.4 + 0.8 * len(mids))))
+    im = ax.imshow(data, cmap=cmap, norm=norm, origin="lower")
     ax.set_xticks(range(len(deeps)), [_tier_fmt(d) for d in deeps])
     ax.set_yticks(range(len(mids)), [_tier_fmt(m) for m in mids])
-    ax.set_xlabel("deep tier scale")
-    ax.set_ylabel("middle tier scale")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(textwrap.fill(title, width=48), fontsize=8)
     for i in range(len(mids)):
         for j in range(len(deeps)):
-            ax.text(j, i, MISSING if not np.isfinite(data[i, j]) else f"{data[i, j]:+.1f}", ha="center",
+            ax.text(j, i, MISSING if not np.isfinite(data[i, j]) else fmt.format(data[i, j]), ha="center",
                     va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, label="Δ accuracy (points)")
+    fig.colorbar(im, ax=ax, label=value_label)
     fig.tight_layout()
     return fig
 
@@ -896,13 +915,14 @@ def corruption_figure(rows: Sequence[Dict[str, Any]]):
     return fig
 
 
-def save_figure(fig, out: Path, name: str) -> List[Path]:
+def save_figure(fig, out: Path, name: str, png_metadata: Optional[Dict[str, str]] = None) -> List[Path]:
+    """Save ``fig`` as ``<name>.png`` and ``<name>.pdf``; ``png_metadata`` becomes PNG text chunks."""
     plt = _plt()
     paths = []
     for ext in ("png", "pdf"):
         p = out / f"{name}.{ext}"
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=ext, dpi=150)
+        fig.savefig(buffer, format=ext, dpi=150, **({"metadata": png_metadata} if ext == "png" and png_metadata else {}))
         paths.append(atomic_write_bytes(p, buffer.getvalue()))
     plt.close(fig)
     return paths

@@ -403,6 +403,7 @@ def test_skips_job_with_finished_report(tmp_path, monkeypatch):
     report = tmp_path / "job" / "program_report.json"
     report.parent.mkdir(parents=True)
     report.write_text(json.dumps({"average": {"accuracy": 0.5}}))
+    (report.parent / "job.json").write_text(json.dumps({"config": prog._fingerprint()}))
     before = report.stat()
 
     def boom(self):
@@ -413,7 +414,31 @@ def test_skips_job_with_finished_report(tmp_path, monkeypatch):
     assert result["skipped"] is True and result["report"] == {"average": {"accuracy": 0.5}}
     after = report.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert sorted(os.listdir(report.parent)) == ["program_report.json"]
+    assert sorted(os.listdir(report.parent)) == ["job.json", "program_report.json"]
+
+
+@pytest.mark.parametrize("saved", [None, {"overrides": []}, "other method"])
+def test_reruns_a_finished_job_whose_config_is_not_known_to_be_the_same(tmp_path, monkeypatch, saved):
+    prog = make_program(tmp_path)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "program_report.json").write_text(json.dumps({"average": {"accuracy": 0.5}}))
+    if saved == "other method":
+        other = dict(prog._fingerprint(), method={"_target_": "fusion_bench.method.SimpleAverageAlgorithm"})
+        (job / "job.json").write_text(json.dumps({"config": other}))
+    elif saved is not None:
+        (job / "job.json").write_text(json.dumps(saved))
+
+    def fake_run(self):
+        with open(self.report_save_path, "w") as f:
+            json.dump({"average": {"accuracy": 0.7}}, f)
+        return {"merged_model": None, "report": {"average": {"accuracy": 0.7}}}
+
+    monkeypatch.setattr(programs.FabricModelFusionProgram, "run", fake_run)
+    assert not prog.run().get("skipped")
+    assert json.loads((job / "program_report.json").read_text()) == {"average": {"accuracy": 0.7}}
+    assert json.loads((job / "program_report.json.stale").read_text()) == {"average": {"accuracy": 0.5}}
+    assert json.loads((job / "job.json").read_text())["config"] == prog._fingerprint()
 
 
 def test_runs_and_writes_atomically(tmp_path, monkeypatch):
@@ -499,21 +524,21 @@ _target_: fusion_bench.modelpool.BaseModelPool
 models:
   _pretrained_:
     _target_: slow_models.linear
-    delay: ${oc.env:TOY_DELAY,0}
   a:
     _target_: slow_models.linear
-    delay: ${oc.env:TOY_DELAY,0}
   b:
     _target_: slow_models.linear
-    delay: ${oc.env:TOY_DELAY,0}
 """
+# The delay is read from the environment, not from the config: a rerun with another delay is
+# the same job (a config value would be part of the job's fingerprint, see programs.py).
 SLOW_MODELS = """\
+import os
 import time
 import torch
 
 
-def linear(delay=0.0):
-    time.sleep(float(delay))
+def linear():
+    time.sleep(float(os.environ.get("TOY_DELAY", "0")))
     return torch.nn.Linear(4, 4)
 """
 
@@ -646,15 +671,17 @@ def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypat
     tiers_seen = Counter()
     for name, path in reports.items():
         report = json.loads(path.read_text())
-        metrics = tables.task_metrics(report)  # LARV reports nest the task pool's under "model"
-        assert set(tiny_synth.tasks) | {"average"} == set(metrics)
+        metrics = tables.task_metrics(report)  # FusionBench's flat layout, LARV or bare
+        assert set(tiny_synth.tasks) | {"average"} == set(metrics) == set(report) - {"model_info"}
         assert 0.0 <= metrics["average"]["accuracy"] <= 1.0
+        layers = path.parent / "larv_layers.json"
         if "/larv_" in f"/{name}":
-            assert report["larv"]["gate"] == "tiered"
-            tiers_seen[tuple(report["larv"]["tiers"])] += 1
-            assert len(report["larv"]["blocks"]) == tiny_synth.recipe.model.vision_layers
+            larv = json.loads(layers.read_text())
+            assert larv["gate"] == "tiered"
+            tiers_seen[tuple(larv["tiers"])] += 1
+            assert len(larv["blocks"]) == tiny_synth.recipe.model.vision_layers
         else:
-            assert "larv" not in report
+            assert not layers.exists()
     assert tiers_seen == {(0.6, 1.0, 1.2): 2, (0.8, 1.2): 2}
 
     result = tables.make_tables(output, tmp_path / "tables")

@@ -20,8 +20,13 @@ TASKS8 = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mn
 
 
 def write_job(root: Path, modelpool: str, method: str, overrides=(), accs=None, larv=None, extra=None,
-              report_extra=None, with_job_json=True):
-    """One job folder; ``accs`` = {task: accuracy}; returns the folder."""
+              report_extra=None, with_job_json=True, layout="flat"):
+    """One job folder; ``accs`` = {task: accuracy}; returns the folder.
+
+    ``layout``: ``flat`` (this version: FusionBench's flat report, the LARV record in
+    ``larv_layers.json``) or ``nested`` (earlier versions' LARV reports: ``{"model": <report>,
+    "larv": <record>}``, no ``larv_layers.json``).
+    """
     name = ",".join(sorted(overrides)) or "_"
     d = root / modelpool / method / name
     d.mkdir(parents=True, exist_ok=True)
@@ -31,9 +36,11 @@ def write_job(root: Path, modelpool: str, method: str, overrides=(), accs=None, 
             report[t] = {"accuracy": a, "loss": 1.0 - a}
         report["average"] = {"accuracy": sum(accs.values()) / len(accs), "loss": 0.5}
     report["model_info"] = {"trainable_params": 1, "all_params": 1, "trainable_percentage": 1.0}
-    if larv is not None:
-        # what FusionBench writes for a method returning {"model": merged, "larv": record}
+    if larv is not None and layout == "nested":
+        # what FusionBench wrote for a method returning {"model": merged, "larv": record}
         report = {"model": report, "larv": larv}
+    elif larv is not None:
+        (d / "larv_layers.json").write_text(json.dumps(larv))
     report.update(report_extra or {})
     meta = {"overrides": [f"modelpool={modelpool}", f"method={method}", *overrides],
             "choices": {"modelpool": modelpool, "method": method}, "method": {}}
@@ -61,10 +68,12 @@ def uniform(acc, tasks=TASKS8):
     return {t: acc for t in tasks}
 
 
-@pytest.fixture
-def tree(tmp_path):
-    """Main table on two backbones (one missing +LARV cell), gates, tier grid, corruption, individual."""
+@pytest.fixture(params=["flat", "nested"])
+def tree(tmp_path, request):
+    """Main table on two backbones (one missing +LARV cell), gates, tier grid, corruption, individual;
+    in the current report layout and in the nested one of earlier LARV reports (both are read)."""
     root = tmp_path / "runs"
+    write_job = lambda *a, **k: globals()["write_job"](*a, layout=request.param, **k)
     # main table: B/32 and B/16, task arithmetic and iso_c; B/16 iso_c + LARV missing on purpose
     vals = {("b32", "task_arithmetic"): (0.680, 0.702), ("b32", "iso_c"): (0.828, 0.859),
             ("b16", "task_arithmetic"): (0.771, 0.780), ("b16", "iso_c"): (0.850, None)}
@@ -304,6 +313,16 @@ def test_overrides_yaml_fallback_without_job_json(tmp_path):
     assert len(runs) == 1
     assert runs[0].labels["backbone"] == "TinyCLIP" and runs[0].labels["num_tasks"] == 8
     assert runs[0].labels["merger"] == "simple_average" and runs[0].labels["larv"] is False
+
+
+def test_plain_multirun_job_folders_are_labelled_from_their_overrides_yaml(tmp_path):
+    """A plain `fusion_bench -m` job folder is Hydra's own: overrides.yaml lies in it."""
+    root = tmp_path / "multirun"
+    d = write_job(root, "tinyclip_synth8", "larv_iso_c", ["method.tiers=[0.6,1.0,1.4]"], uniform(0.5),
+                  larv=larv_record(tiers=(0.6, 1.0, 1.4)), with_job_json=False)
+    (d / "overrides.yaml").write_text("- modelpool=tinyclip_synth8\n- method=larv_iso_c\n- method.tiers=[0.6,1.0,1.4]\n")
+    (run,) = tables.collect(root)
+    assert (run.labels["merger"], run.labels["larv"], run.labels["tiers"]) == ("iso_c", True, "0.6/1/1.4")
 
 
 def test_latex_escaping():

@@ -1,0 +1,63 @@
+"""`pip install -e .` keeps a torch the user already has (any torch >= 2.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torch_requirement():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the pip test below runs everywhere
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (req,) = [Requirement(d) for d in deps if Requirement(d).name == "torch"]
+    return req
+
+
+@pytest.mark.parametrize("version", ["2.1.0", "2.4.1+cu121", "2.13.0", "2.13.0+cpu", "3.0.0"])
+def test_torch_requirement_accepts_other_versions(version):
+    assert torch_requirement().specifier.contains(version, prereleases=False)
+
+
+def test_torch_requirement_rejects_too_old():
+    assert not torch_requirement().specifier.contains("2.0.1")
+
+
+def test_pip_install_keeps_an_installed_torch(tmp_path):
+    """`pip install --dry-run -e .` where torch 2.4.1 is installed: pip installs only this package.
+
+    The installed torch is a bare ``dist-info`` put first on ``sys.path`` (PYTHONPATH), so pip
+    sees torch 2.4.1; every other requirement is satisfied by this venv. Offline:
+    ``--no-index`` and ``--no-build-isolation`` (this venv's setuptools builds the metadata).
+    """
+    fake = tmp_path / "site" / "torch-2.4.1.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.4.1\n")
+    (fake / "INSTALLER").write_text("pip\n")
+    src = tmp_path / "src"  # a copy, so the build writes nothing into the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("fusion_bench_larv", "config", "hydra_plugins"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    seen = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('torch'))"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert seen.stdout.strip() == "2.4.1", seen.stderr
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "--no-cache-dir",
+         "--quiet", "--report", str(report), "-e", str(src)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    installs = [(i["metadata"]["name"], i["metadata"]["version"]) for i in json.loads(report.read_text())["install"]]
+    assert installs == [("fusion-bench-larv", "0.1.0")]
