@@ -20,9 +20,11 @@ What is in it (every size is tiny, and chosen so that a wrong pairing fails loud
   update, for every task of TALL20 (a superset of every CLIP pool's tasks);
 - ``google/flan-t5-base``: a T5 with 2 encoder and 2 decoder blocks and a fast tokenizer;
   ``tanganke/flan-t5-base_glue-<task>_lora-16``: one ``peft`` LoRA adapter per GLUE task;
-- the test split of each TALL20 data set (4 images each, labels within FusionBench's class
-  count for the task), the corrupted splits of the robustness data sets, and GLUE's train and
-  evaluation splits (4 rows each).
+- the test split of each TALL20 data set and the corrupted splits of the robustness data sets
+  (8 random images each). Half of each split is labelled with the pretrained ViT-B/32's own
+  zero-shot prediction (FusionBench's heads: class names and templates of the task), the other
+  half with another class, so accuracies differ from job to job instead of all being 0;
+- GLUE's train and evaluation splits (4 rows each).
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ GLUE_TASKS: Dict[str, Tuple[Tuple[str, ...], str, bool]] = {
     "stsb": (("sentence1", "sentence2"), "validation", True),
 }
 T5_ENCODER_BLOCKS = T5_DECODER_BLOCKS = 2  # equal, as in flan-t5 (generation sizes its cache by the encoder count)
-IMAGES_PER_SPLIT = 4
+IMAGES_PER_SPLIT = 8
+#: the backbone whose zero-shot predictions label half of every image split
+LABEL_BACKBONE = "clip-vit-base-patch32"
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
@@ -172,13 +176,15 @@ def _task_update(model, task: str, scale: float = 0.02) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g))
 
 
-def write_clips(hf_home: Path, tasks: Iterable[str] = TALL20) -> None:
+def write_clips(hf_home: Path, tasks: Iterable[str] = TALL20) -> Dict[str, tuple]:
+    """Write the CLIPs and fine-tuned towers; return ``{backbone: (CLIPModel, CLIPProcessor)}``."""
     import torch
     from transformers import CLIPVisionModel
 
     from fusion_bench_larv.synth.model import ModelSize, build_clip, build_processor
 
     tasks = list(tasks)
+    clips = {}
     text_len = _max_prompt_chars(tasks) + 2  # + start and end tokens
     for i, (backbone, (width, blocks)) in enumerate(CLIP_BACKBONES.items()):
         size = ModelSize(image_size=32, patch_size=16, vision_hidden=width, vision_layers=blocks, vision_heads=2,
@@ -189,11 +195,13 @@ def write_clips(hf_home: Path, tasks: Iterable[str] = TALL20) -> None:
         clip = build_clip(size, processor.tokenizer)
         clip.save_pretrained(path)
         processor.save_pretrained(path)
+        clips[backbone] = (clip.eval(), processor)
         for task in tasks:
             tower = CLIPVisionModel(clip.config.vision_config)
             tower.vision_model.load_state_dict(clip.vision_model.state_dict())
             _task_update(tower, f"{backbone}/{task}")
             tower.save_pretrained(snapshot_dir(hf_home, f"tanganke/{backbone}_{task}"))
+    return clips
 
 
 def _images(n: int, seed: int):
@@ -203,15 +211,35 @@ def _images(n: int, seed: int):
     return [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def write_image_datasets(hf_home: Path) -> None:
-    from fusion_bench.tasks.clip_classification import get_num_classes
+def _zero_shot_classifier(clip, processor, task: str):
+    from fusion_bench.models.hf_clip import HFCLIPClassifier
+    from fusion_bench.tasks.clip_classification import get_classnames_and_templates
 
+    classifier = HFCLIPClassifier(clip, processor)
+    classifier.set_classification_task(*get_classnames_and_templates(task))
+    return classifier
+
+
+def _half_right_labels(classifier, processor, images) -> List[int]:
+    """The first half: the classifier's predictions; the rest: the next class."""
+    import torch
+
+    with torch.no_grad():
+        predicted = classifier(processor(images=images, return_tensors="pt")["pixel_values"]).argmax(-1).tolist()
+    n = len(classifier.classnames)
+    half = len(images) // 2
+    return predicted[:half] + [(p + 1) % n for p in predicted[half:]]
+
+
+def write_image_datasets(hf_home: Path, clips: Dict[str, tuple]) -> None:
     for k, (task, (repo_id, config, split)) in enumerate(IMAGE_DATASETS.items()):
-        labels = [i % get_num_classes(task) for i in range(IMAGES_PER_SPLIT)]
         names = [split] + (list(CORRUPTIONS) if task in ROBUSTNESS_TASKS else [])
+        clip, processor = clips[LABEL_BACKBONE]
+        classifier = _zero_shot_classifier(clip, processor, task)
         splits = {}
         for j, name in enumerate(names):
             images = _images(IMAGES_PER_SPLIT, seed=100 * k + j)
+            labels = _half_right_labels(classifier, processor, images)
             if task == "fer2013":  # webdataset columns, renamed by fusion_bench.dataset.fer2013
                 keys = [f"{name}_{i}" for i in range(IMAGES_PER_SPLIT)]
                 splits[name] = {"__key__": keys, "__url__": keys, "jpg": images, "cls": labels}
@@ -294,8 +322,8 @@ def build_hub_cache(root: Path) -> HubCache:
     saved = {k: os.environ.get(k) for k in cache.env}
     os.environ.update(cache.env)  # `datasets` and `peft` read these at call time
     try:
-        write_clips(cache.hf_home)
-        write_image_datasets(cache.hf_home)
+        clips = write_clips(cache.hf_home)
+        write_image_datasets(cache.hf_home, clips)
         write_flan_t5(cache.hf_home)
         write_glue(cache.hf_home)
     finally:
