@@ -695,12 +695,11 @@ def _nlp_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
     if not nlp:
         return []
     tasks = list(dict.fromkeys(r["task"] for r in nlp if r["task"] != "average"))
-    has_avg = any(r["task"] == "average" for r in nlp)
 
     def fn(what, crit):
         crit = dict(crit)
         task = crit.pop("_task")
-        if task == "average" and not has_avg:
+        if task == "average" and not idx.find(what, task="average", **crit):
             # FusionBench's GLUE pool reports no average: the mean over the tasks with a score
             vals = [idx.value(f"{what} [{t}]", task=t, **crit) for t in tasks]
             if any(v is None for v in vals):
