@@ -6,7 +6,8 @@ generation and metrics: exact-match accuracy, Spearman's ρ for STS-B) with thre
 
 - **Cache location.** FusionBench's config (``taskpool/flan-t5_glue_text_generation.yaml``) says
   ``cache_dir: outputs/cache``, a folder of the working directory. Ours takes FusionBench's
-  ``${path.cache_dir}`` (``$FUSION_BENCH_CACHE_DIR``, else ``<root>/outputs/cache``).
+  ``${path.cache_dir}``, which the user controls (``$FUSION_BENCH_CACHE_DIR`` or ``path.cache_dir=``;
+  by default ``<root>/outputs/cache``, root = ``$FUSION_BENCH_PROJECT_ROOT`` or the working directory).
 - **Cache key.** FusionBench keys the tokenized data by task name alone
   (``<cache_dir>/flan-t5/_load_<task>_dataset_cached``), so a run with another tokenizer reads
   stale token ids. Ours stores ``<cache_dir>/fusion_bench_larv/flan-t5_glue/<task>/<tokenizer>-<digest>``;

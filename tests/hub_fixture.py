@@ -99,9 +99,13 @@ class HubCache:
 
     @property
     def env(self) -> Dict[str, str]:
+        """``HF_HOME``, FusionBench's cache (``path.cache_dir``), the offline flags, and the user
+        caches (matplotlib's font cache, ``XDG_CACHE_HOME``) next to them, so nothing lands in ``~``."""
         return {
             "HF_HOME": str(self.hf_home),
             "FUSION_BENCH_CACHE_DIR": str(self.fusion_bench_cache),
+            "MPLCONFIGDIR": str(self.hf_home.parent / "mplconfig"),
+            "XDG_CACHE_HOME": str(self.hf_home.parent / "xdg_cache"),
             **{k: "1" for k in OFFLINE_VARS},
         }
 

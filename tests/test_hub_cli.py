@@ -104,17 +104,22 @@ def test_exact_users_command_from_repository_root(hub_cache, tmp_path):
     assert _repo_state() == before, "the run changed the repository folder"
 
 
+#: aliases run by the tests below (the three mergers); the others get LARV + Iso-C here
+TALL_ALIASES = ["clip-vit-base-patch16_TALL14", "clip-vit-large-patch14_TALL20"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("alias", [a for a in ALIASES if a != "clip-vit-base-patch32_TA8"])
+@pytest.mark.parametrize("alias", [a for a in ALIASES if a != "clip-vit-base-patch32_TA8" and a not in TALL_ALIASES])
 def test_every_alias_merges_and_evaluates(hub_cache, tmp_path, empty_cwd, alias):
-    """The other 8 aliases (B/32 TA8 is the exact users' command above), with LARV + Iso-C."""
+    """With the exact users' command (B/32 TA8) and the tests below (B/16 TALL14, L/14 TALL20),
+    all 9 aliases merge and evaluate; these 6 with LARV + Iso-C."""
     log_dir = tmp_path / "run"
     report = run_alias(hub_cache, "larv_iso_c", alias, log_dir, empty_cwd)
     check_clip_run(hub_cache, alias, log_dir, report, larv=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("alias", ["clip-vit-base-patch16_TALL14", "clip-vit-large-patch14_TALL20"])
+@pytest.mark.parametrize("alias", TALL_ALIASES)
 @pytest.mark.parametrize("method", ["larv_tsvm", "larv_ties_merging", "isotropic_merging/iso_c"])
 def test_mergers_on_tall_aliases(hub_cache, tmp_path, empty_cwd, alias, method):
     log_dir = tmp_path / "run"
