@@ -709,7 +709,7 @@ def _nlp_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
         return idx.value(what, task=task, **crit)
 
     cols = [(t, dict(kind="nlp", _task=t)) for t in tasks] + [("Avg.", dict(kind="nlp", _task="average"))]
-    metrics = {t: r["metric"] for r in nlp for t in [r["task"]] if t != "average"}
+    metrics = {r["task"]: r["metric"] for r in nlp if r["task"] != "average"}
     rho = [t for t in tasks if metrics.get(t) == "spearman_rho"]
     title = "Flan-T5-base LoRA-16 on GLUE: accuracy (%)"
     if rho:

@@ -37,7 +37,9 @@ def task_results(report: dict) -> Dict[str, dict]:
 
 
 def reported_tasks(report: dict) -> List[str]:
-    return [k for k in task_results(report) if k not in ("model_info", "average")]
+    """The tasks with a score (accuracy; Spearman's ρ for GLUE's STS-B), in report order."""
+    return [k for k, v in task_results(report).items() if k != "average" and isinstance(v, dict)
+            and ("accuracy" in v or "spearman_rho" in v)]
 
 
 def larv_record(log_dir: Path) -> Optional[dict]:

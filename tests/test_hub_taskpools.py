@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_hub_cli
 from hub_fixture import GLUE_TASKS, ROBUSTNESS_TASKS, _t5_tokenizer
-from test_hub_cli import empty_cwd, task_results  # noqa: F401 (fixture)
+from test_hub_cli import empty_cwd, reported_tasks, task_results  # noqa: F401 (fixture)
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 
@@ -125,8 +125,9 @@ def test_glue_pool_through_cli_keeps_working_directory_empty(hub_cache, tmp_path
     log_dir = tmp_path / "run"
     run_hub_cli(["fusion_bench", "method=simple_average", "modelpool=Seq2SeqLMPool/flan-t5-base_glue_lora16",
                  "taskpool=larv/flan-t5_glue_text_generation", f"path.log_dir={log_dir}"], hub_cache, empty_cwd)
-    report = task_results(json.loads((log_dir / "program_report.json").read_text()))
-    assert [k for k in report if k not in ("model_info", "average")] == list(GLUE_TASKS)
+    report = json.loads((log_dir / "program_report.json").read_text())
+    assert reported_tasks(report) == list(GLUE_TASKS)
+    report = task_results(report)
     scores = [report[t].get("accuracy", report[t].get("spearman_rho")) for t in GLUE_TASKS]
     finite = [s for s in scores if not math.isnan(s)]
     assert report["average"] == {"score": pytest.approx(sum(finite) / len(finite)), "num_scored": len(finite)}
