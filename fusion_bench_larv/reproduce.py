@@ -23,14 +23,17 @@ sub-command             jobs (real FusionBench checkpoints, ``--suite fusionbenc
 ``all``                 every experiment above (identical jobs run once)
 ======================  ==========================================================================
 
-Pools and task pools are FusionBench 0.2.33's names, used exactly: the CLIP model-pool aliases
+Model pools are FusionBench 0.2.33's names, used exactly; so are its task pools, except two of
+ours (``config/taskpool/larv/``, differences in docs/reproducing.md). The CLIP model-pool aliases
 ``clip-vit-<backbone>_{TA8,TALL14,TALL20}`` (this package's ``config/modelpool``: each selects
 ``CLIPVisionModelPool/...`` plus the matching ``CLIPVisionModelTaskPool/...`` with the right text
-tower), ``CLIPVisionModelPool/clip-vit-base-patch32_robustness_corrupted`` +
-``CLIPVisionModelTaskPool/clip-vit-base-patch32_robustness_corrupted`` (+ the root key
-``corruption``), ``CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp{1,2}`` evaluated
-on all 8 tasks (``CLIPVisionModelTaskPool/clip-vit-classification_TA8``: 6 seen + 2 unseen),
-and ``Seq2SeqLMPool/flan-t5-base_glue_lora16`` + ``flan-t5_glue_text_generation``. With
+tower); ``CLIPVisionModelPool/clip-vit-base-patch32_robustness_corrupted`` +
+``larv/clip-vit-base-patch32_robustness_corrupted`` (ours: FusionBench's evaluation, loading only
+the evaluated split; + the root key ``corruption``);
+``CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp{1,2}`` evaluated on all 8 tasks
+(``CLIPVisionModelTaskPool/clip-vit-classification_TA8``: 6 seen + 2 unseen); and
+``Seq2SeqLMPool/flan-t5-base_glue_lora16`` + ``larv/flan-t5_glue_text_generation`` (ours:
+FusionBench's, caching under ``path.cache_dir`` keyed by the tokenizer, with an average). With
 ``--suite tinyclip`` the CLIP experiments run on the embedded offline benchmark instead
 (``tinyclip_synth{8,14,20}``; one backbone, "TinyCLIP").
 
@@ -165,14 +168,17 @@ DEFAULT_GATE_VARIANT = "tiered3"
 
 CORRUPTIONS = ("motion_blur", "impulse_noise", "gaussian_noise", "pixelate", "spatter", "contrast", "jpeg_compression")
 ROBUSTNESS_MODELPOOL = "CLIPVisionModelPool/clip-vit-base-patch32_robustness_corrupted"
-ROBUSTNESS_TASKPOOL = "CLIPVisionModelTaskPool/clip-vit-base-patch32_robustness_corrupted"
+#: our task pools (config/taskpool/larv/), FusionBench's evaluation with fixes (docs/reproducing.md):
+#: the robustness one loads only the evaluated split; the GLUE one caches under path.cache_dir,
+#: keyed by the tokenizer, and reports an average over the tasks with a finite score
+ROBUSTNESS_TASKPOOL = "larv/clip-vit-base-patch32_robustness_corrupted"
 GENERALIZATION_MODELPOOLS = (
     "CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp1",
     "CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp2",
 )
 GENERALIZATION_TASKPOOL = "CLIPVisionModelTaskPool/clip-vit-classification_TA8"
 NLP_MODELPOOL = "Seq2SeqLMPool/flan-t5-base_glue_lora16"
-NLP_TASKPOOL = "flan-t5_glue_text_generation"
+NLP_TASKPOOL = "larv/flan-t5_glue_text_generation"
 #: LARV blocks of T5: encoder.block.<i>. then decoder.block.<i>. (see LARV_SPEC "Blocks").
 NLP_BLOCK_PATTERN = "t5"
 TA8_TASKS = ("sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd")

@@ -12,9 +12,11 @@ nest the task pool's report under ``"model"`` and the record under ``"larv"``; t
 
 Output (``--out``):
 
-* ``results.csv``: one row per (job, task) with the task's accuracy and loss (fractions, as
+* ``results.csv``: one row per (job, task) with the task's score and loss (fractions, as
   FusionBench reports them), plus the job's labels; the task pool's ``average`` is a row with
-  ``task == "average"``. Jobs without evaluation (``taskpool=dummy``) have no rows here.
+  ``task == "average"``. The score (column ``accuracy``) is the accuracy, except where column
+  ``metric`` says otherwise: Spearman's ρ (``spearman_rho``, GLUE's STS-B) or the GLUE pool's
+  average ``score``. Jobs without evaluation (``taskpool=dummy``) have no rows here.
 * ``larv_blocks.csv``: one row per (LARV job, block) with e, c, z, s, tier and scale.
 * ``summary.csv``: one row per evaluated CLIP merge job (bare, or LARV with any gate/tiers):
   average accuracy, Δ vs the bare merger, normalized accuracy and its Δ (percent / points).
@@ -30,7 +32,8 @@ Output (``--out``):
   corruption and their average: Figure 3).
 
 Missing runs are shown as "—" and listed in a warning; no number is ever filled in or
-interpolated. Accuracies in tables are percentages with one decimal.
+interpolated. Accuracies in tables are percentages with one decimal; a score the task pool
+reported as NaN (STS-B's ρ on constant predictions) is shown as "NaN", never averaged in.
 
 Usage::
 
@@ -64,8 +67,10 @@ MISSING = "—"
 RESULT_COLUMNS = [
     "run_dir", "kind", "modelpool", "backbone", "num_tasks", "setting", "method", "merger", "larv",
     "method_overrides", "gate", "tiers", "tier_assignment", "corruption", "individual_task",
-    "task", "accuracy", "loss",
+    "task", "metric", "accuracy", "loss",
 ]
+#: a task entry's score, the first of these keys it has (``score``: the GLUE pool's average)
+SCORE_KEYS = ("accuracy", "spearman_rho", "score")
 BLOCK_COLUMNS = [
     "run_dir", "modelpool", "backbone", "num_tasks", "method", "merger", "method_overrides",
     "gate", "tiers", "block", "prefix", "e", "c", "z", "s", "tier", "scale",
@@ -263,7 +268,8 @@ def collect(root: str | os.PathLike) -> List[Run]:
 
 
 def task_metrics(report: Dict[str, Any]) -> "OrderedDict[str, Dict[str, float]]":
-    """``{task: {accuracy, loss}}`` entries of a FusionBench report (incl. ``average``).
+    """``{task: {accuracy, loss, metric}}`` entries of a FusionBench report (incl. ``average``);
+    ``accuracy`` is the entry's score, its key in ``metric`` (see :data:`SCORE_KEYS`).
 
     Reads FusionBench's flat layout (every report of this package's current version, LARV or
     bare) and the nested one of earlier LARV reports, whose method returned
@@ -272,8 +278,12 @@ def task_metrics(report: Dict[str, Any]) -> "OrderedDict[str, Dict[str, float]]"
     """
     out: "OrderedDict[str, Dict[str, float]]" = OrderedDict()
     for key, value in report.items():
-        if isinstance(value, dict) and isinstance(value.get("accuracy"), (int, float)):
-            out[key] = {"accuracy": float(value["accuracy"]), "loss": value.get("loss")}
+        if not isinstance(value, dict):
+            continue
+        metric = next((k for k in SCORE_KEYS if isinstance(value.get(k), (int, float))
+                       and not isinstance(value.get(k), bool)), None)
+        if metric is not None:
+            out[key] = {"accuracy": float(value[metric]), "loss": value.get("loss"), "metric": metric}
     if not out and isinstance(report.get("model"), dict):
         return task_metrics(report["model"])
     return out
@@ -284,7 +294,7 @@ def tidy_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
     for run in runs:
         for task, metrics in task_metrics(run.report).items():
             row = {k: run.labels.get(k, "") for k in RESULT_COLUMNS}
-            row.update(task=task, accuracy=metrics["accuracy"], loss=metrics["loss"])
+            row.update(task=task, metric=metrics["metric"], accuracy=metrics["accuracy"], loss=metrics["loss"])
             rows.append(row)
     return rows
 
@@ -403,13 +413,15 @@ def _variant_crit(merger: str, larv: bool) -> Dict[str, Any]:
 
 
 def pct(x: Optional[float]) -> str:
-    return MISSING if x is None else f"{100 * x:.1f}"
+    if x is None:
+        return MISSING
+    return "NaN" if math.isnan(x) else f"{100 * x:.1f}"
 
 
 def pct_delta(x: Optional[float], base: Optional[float]) -> str:
     if x is None:
         return MISSING
-    if base is None:
+    if base is None or math.isnan(x) or math.isnan(base):
         return pct(x)
     return f"{100 * x:.1f} ({100 * (x - base):+.1f})"
 
@@ -444,8 +456,11 @@ def reference_rows(idx: Index, key: str, columns: Sequence[Tuple[str, Dict[str, 
                    normalized: bool = False) -> List[List[str]]:
     """The paper's first rows, where their jobs exist: the pretrained model (zero-shot) and,
     for accuracy tables, the individual fine-tuned models (each on its own task, averaged over
-    the column's tasks)."""
+    the column's tasks). Only for columns that are a backbone and a task count (not the
+    robustness, generalization or GLUE tables)."""
     rows = []
+    if not all("backbone" in crit and "num_tasks" in crit for _, crit in columns):
+        return rows
     if any(r["kind"] == "zeroshot" for r in idx.rows):
         cells = []
         for col_label, crit in columns:
@@ -689,19 +704,27 @@ def _nlp_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
     if not nlp:
         return []
     tasks = list(dict.fromkeys(r["task"] for r in nlp if r["task"] != "average"))
-    has_avg = any(r["task"] == "average" for r in nlp)
 
     def fn(what, crit):
         crit = dict(crit)
         task = crit.pop("_task")
-        if task == "average" and not has_avg:
+        if task == "average" and not idx.find(what, task="average", **crit):
+            # FusionBench's GLUE pool reports no average: the mean over the tasks with a score
             vals = [idx.value(f"{what} [{t}]", task=t, **crit) for t in tasks]
-            return None if any(v is None for v in vals) else sum(vals) / len(vals)
+            if any(v is None for v in vals):
+                return None
+            scored = [v for v in vals if not math.isnan(v)]
+            return sum(scored) / len(scored) if scored else float("nan")
         return idx.value(what, task=task, **crit)
 
     cols = [(t, dict(kind="nlp", _task=t)) for t in tasks] + [("Avg.", dict(kind="nlp", _task="average"))]
-    return [paired_table(idx, "nlp", "Flan-T5-base LoRA-16 on GLUE: accuracy (%) (Δ vs bare, points)", cols,
-                         _mergers_present(nlp), value_fn=fn)]
+    metrics = {r["task"]: r["metric"] for r in nlp if r["task"] != "average"}
+    rho = [t for t in tasks if metrics.get(t) == "spearman_rho"]
+    title = "Flan-T5-base LoRA-16 on GLUE: accuracy (%)"
+    if rho:
+        title += f"; {', '.join(rho)}: Spearman's ρ × 100"
+    title += " (Δ vs bare, points). Avg.: mean over the tasks with a score; NaN: no score (constant predictions)"
+    return [paired_table(idx, "nlp", title, cols, _mergers_present(nlp), value_fn=fn)]
 
 
 def _tier_fmt(x: float) -> str:

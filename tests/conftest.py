@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 
 from fusion_bench_larv.synth.build import Assets, Recipe, build
+from hub_fixture import HubCache, build_hub_cache
 from fusion_bench_larv.synth.model import ModelSize
 from fusion_bench_larv.synth.tasks import TASK_NAMES
 
@@ -177,3 +178,28 @@ def tiny_synth(tmp_path_factory) -> TinySynth:
     tasks = list(TASK_NAMES[: recipe.suite])
     build(tasks, cache_dir=cache_dir, recipe=recipe)
     return TinySynth(cache_dir=cache_dir, tasks=tasks, recipe=recipe)
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory) -> HubCache:
+    """A Hugging Face cache with tiny models and data sets under FusionBench's real hub ids.
+
+    About 6 s on 2 cores, shared by the session; see ``tests/hub_fixture.py`` for what is in it.
+    ``hub_cache.env`` points a subprocess at it (``HF_HOME``, offline flags and
+    ``FUSION_BENCH_CACHE_DIR``, FusionBench's ``path.cache_dir``); ``run_hub_cli`` uses it.
+    """
+    return build_hub_cache(tmp_path_factory.mktemp("hub"))
+
+
+def run_hub_cli(args: Sequence[str], hub: HubCache, cwd: Path, timeout: float = 600) -> str:
+    """Run ``args`` (a console script and its arguments) against ``hub``, from ``cwd``.
+
+    Returns the output. Fails with its tail when the command fails.
+    """
+    exe = Path(sys.executable).with_name(args[0])
+    cmd = [str(exe) if exe.exists() else args[0], *args[1:]]
+    env = {**os.environ, **OFFLINE_ENV, **hub.env}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-6000:]}"
+    return output

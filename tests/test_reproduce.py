@@ -182,7 +182,7 @@ def test_robustness(capsys):
     _, jobs = dry_run(capsys, "robustness")
     assert len(jobs) == 7 * 6 * 2
     assert {j["modelpool"] for j in jobs} == {"CLIPVisionModelPool/clip-vit-base-patch32_robustness_corrupted"}
-    assert {j["taskpool"] for j in jobs} == {"CLIPVisionModelTaskPool/clip-vit-base-patch32_robustness_corrupted"}
+    assert {j["taskpool"] for j in jobs} == {"larv/clip-vit-base-patch32_robustness_corrupted"}
     assert Counter(j["+corruption"] for j in jobs) == {c: 12 for c in (
         "motion_blur", "impulse_noise", "gaussian_noise", "pixelate", "spatter", "contrast", "jpeg_compression")}
 
@@ -200,7 +200,7 @@ def test_nlp(capsys):
     _, jobs = dry_run(capsys, "nlp")
     assert len(jobs) == 6 * 2
     assert {j["modelpool"] for j in jobs} == {"Seq2SeqLMPool/flan-t5-base_glue_lora16"}
-    assert {j["taskpool"] for j in jobs} == {"flan-t5_glue_text_generation"}
+    assert {j["taskpool"] for j in jobs} == {"larv/flan-t5_glue_text_generation"}
     for j in jobs:
         assert ("method.block_pattern" in j) == (variant_of(j)[1] == "larv")
         assert j.get("method.block_pattern", "t5") == "t5"

@@ -301,6 +301,30 @@ def test_generalization_and_nlp_tables(tmp_path):
     assert "| + LARV | 75.0 (+5.0) | 55.0 (+5.0) | 65.0 (+5.0) |" in nlp_t
 
 
+def test_nlp_table_shows_nan_and_averages_the_scored_tasks(tmp_path):
+    """STS-B's ρ is NaN on constant predictions: shown as NaN, never averaged in, no Δ against it.
+    The bare job has FusionBench's GLUE report (no average), the LARV job our pool's."""
+    root = tmp_path / "runs"
+    nlp = "Seq2SeqLMPool/flan-t5-base_glue_lora16"
+    taskpool = "taskpool=larv/flan-t5_glue_text_generation"
+    bare = {"cola": {"accuracy": 0.6}, "rte": {"accuracy": 0.4}, "stsb": {"spearman_rho": float("nan")}}
+    ours = {"cola": {"accuracy": 0.7}, "rte": {"accuracy": 0.5}, "stsb": {"spearman_rho": 0.3},
+            "average": {"score": 0.5, "num_scored": 3}}
+    write_job(root, nlp, "simple_average", [taskpool], None, report_extra=bare)
+    write_job(root, nlp, "larv_simple_average", [taskpool, "method.block_pattern=t5"], None,
+              report_extra={"model": ours, "larv": larv_record()})
+    tables.make_tables(root, tmp_path / "out")
+    md = (tmp_path / "out" / "tables.md").read_text()
+    nlp_t = [b for b in md.split("### ") if b.startswith("Flan-T5")][0]
+    assert "stsb: Spearman's ρ × 100" in nlp_t.splitlines()[0]
+    assert "| Method | cola | rte | stsb | Avg. |" in nlp_t
+    assert "| Simple Averaging | 60.0 | 40.0 | NaN | 50.0 |" in nlp_t
+    assert "| + LARV | 70.0 (+10.0) | 50.0 (+10.0) | 30.0 | 50.0 (+0.0) |" in nlp_t
+    rows = {(r["method"], r["task"]): r for r in read_csv(tmp_path / "out" / "results.csv")}
+    assert rows[("simple_average", "stsb")]["metric"] == "spearman_rho"
+    assert rows[("larv_simple_average", "average")]["metric"] == "score"
+
+
 def test_overrides_yaml_fallback_without_job_json(tmp_path):
     """Jobs run with FusionBench's own program (no job.json) are labelled from Hydra's overrides."""
     root = tmp_path / "runs"
