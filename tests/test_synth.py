@@ -64,13 +64,37 @@ def test_handwritten_digits_is_real_data_with_disjoint_splits():
 def test_captions_cover_every_task_vocabulary():
     text = []
     for task in TASK_NAMES:
-        _, _, captions = generate(task, "pretrain", 60, seed=0, with_captions=True)
+        _, _, captions = generate(task, "pretrain", 240, seed=0, with_captions=True)
         text += captions
     corpus = " ".join(text).lower()  # the CLIP tokenizer lowercases
     for task in TASK_NAMES:
         classnames, _ = prompts(task)
         missing = [c for c in classnames if c.lower() not in corpus]
         assert not missing, f"{task}: class names never captioned: {missing}"
+
+
+@pytest.mark.parametrize("task", ["shapes", "textures", "counting", "handwritten_digits"])
+def test_captions_name_the_label_at_the_task_coverage(task):
+    """A pretraining caption names its image's label with probability TASKS[task].coverage
+    (the knob that sets zero-shot accuracy); otherwise the label word is left out."""
+    from fusion_bench_larv.synth.tasks import TASKS
+
+    n = 600
+    _, labels, captions = generate(task, "pretrain", n, seed=0, with_captions=True)
+    classnames, _ = prompts(task)
+
+    def names_label(caption, label):
+        words = caption.lower().replace(",", " ").split()
+        name = classnames[label].lower().split()
+        return any(words[i : i + len(name)] == name for i in range(len(words)))
+
+    share = np.mean([names_label(c, int(y)) for c, y in zip(captions, labels)])
+    coverage = TASKS[task].coverage
+    assert 0 < coverage < 1
+    # the label is also named by chance when another attribute mention spells it (rare), so
+    # the share may exceed the coverage a little; 4 binomial sigmas either way
+    sigma = np.sqrt(coverage * (1 - coverage) / n)
+    assert coverage - 4 * sigma <= share <= coverage + 4 * sigma + 0.05, (share, coverage)
 
 
 # --- model pieces -------------------------------------------------------------------------

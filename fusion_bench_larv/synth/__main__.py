@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 
-from .build import Recipe, build, default_cache_dir
+from .build import Recipe, build, default_cache_dir, ensure
 from .model import ModelSize
 from .tasks import SUITES, TASK_NAMES
 
@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(ModelSize):
         b.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     sub.add_parser("list", help="list the task names in suite order")
+    st = sub.add_parser("stats", help="task-vector norms, cosines and depth profile of a build (docs/benchmark.md)")
+    st.add_argument("--tasks", default="8", help="8, 14, 20, or a comma-separated list of task names")
+    st.add_argument("--cache-dir", default=None, help=f"cache root (default: {default_cache_dir()})")
+    st.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -41,6 +45,12 @@ def main(argv=None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tasks = list(SUITES[int(args.tasks)]) if args.tasks.isdigit() else [t.strip() for t in args.tasks.split(",")]
+    if args.command == "stats":
+        from .stats import assets_stats, format_stats
+
+        assets = ensure(tasks, cache_dir=args.cache_dir, seed=args.seed, build_if_missing=False)
+        print(format_stats(assets_stats(assets, tasks)))
+        return 0
     model = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelSize) if getattr(args, f.name) is not None}
     recipe_kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if f.name != "model" and getattr(args, f.name) is not None}
     recipe = Recipe(**recipe_kw, model=ModelSize(**model))

@@ -56,8 +56,12 @@ class Recipe:
         pretrain_per_task: pretraining images per suite task (own random stream).
         pretrain_*: contrastive pretraining schedule (AdamW, cosine, 10% warm-up); with
             ``pretrain_tasks_per_batch`` > 0 each batch mixes that many tasks (hard negatives),
-            with 0 batches are uniform over the suite.
-        finetune_*: per-task fine-tuning schedule of the vision tower; the loss uses the fixed
+            with 0 batches are uniform over the suite. ``pretrain_label_weight`` > 0 adds the
+            supervised multi-task term of ``model.pretrain`` (per-task linear probes on the
+            vision tower, thrown away afterwards) with that weight; 0 is contrastive only.
+        finetune_*: per-task fine-tuning schedule of the vision tower (short and at a low
+            learning rate, like the task-vector papers' fine-tuning of a strong pretrained
+            model, so that task vectors stay small); the loss uses the fixed
             temperature ``finetune_logit_scale`` (100, OpenAI CLIP's trained value) because
             the tiny CLIP's own (≈15) makes near-parallel class embeddings untrainable.
         model: architecture (``ModelSize``).
@@ -65,16 +69,17 @@ class Recipe:
 
     seed: int = 0
     suite: int = 20
-    n_train: int = 3000
+    n_train: int = 2000
     n_test: int = 400
     pretrain_per_task: int = 1000
-    pretrain_steps: int = 800
+    pretrain_steps: int = 1500
     pretrain_batch: int = 128
     pretrain_lr: float = 1e-3
     pretrain_tasks_per_batch: int = 0
-    finetune_steps: int = 400
+    pretrain_label_weight: float = 1.0
+    finetune_steps: int = 250
     finetune_batch: int = 64
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 3e-5
     finetune_logit_scale: float = 100.0
     weight_decay: float = 0.1
     model: ModelSize = field(default_factory=ModelSize)
@@ -87,6 +92,8 @@ class Recipe:
         for key in ("n_train", "n_test", "pretrain_per_task", "pretrain_steps", "pretrain_batch", "finetune_steps", "finetune_batch"):
             if getattr(self, key) < 1:
                 raise ValueError(f"`{key}` must be >= 1, got {getattr(self, key)}")
+        if self.pretrain_label_weight < 0:
+            raise ValueError(f"`pretrain_label_weight` must be >= 0, got {self.pretrain_label_weight}")
         if self.pretrain_tasks_per_batch < 0:
             raise ValueError(f"`pretrain_tasks_per_batch` must be >= 0, got {self.pretrain_tasks_per_batch}")
         for key in ("pretrain_lr", "finetune_lr", "finetune_logit_scale"):
@@ -280,12 +287,13 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
 
         from . import model as M
 
-        images, captions, groups = [], [], []
+        images, captions, groups, labels = [], [], [], []
         for i, task in enumerate(tqdm(suite, desc="pretraining data", leave=False)):
-            x, _, c = generate(task, "pretrain", recipe.pretrain_per_task, recipe.seed, with_captions=True)
+            x, y, c = generate(task, "pretrain", recipe.pretrain_per_task, recipe.seed, with_captions=True)
             images.append(x)
             captions += c
             groups += [i] * len(x)
+            labels.append(y)
         with _atomic_dir(assets.pretrained) as tmp:
             prompt_texts = [t.format(c) for task in suite for c, t in _pairs(*prompts(task))]
             processor = M.build_processor(tmp, recipe.model, corpus=captions + prompt_texts)
@@ -303,6 +311,10 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
                 seed=_torch_seed(recipe, "pretrain-batches"),
                 groups=np.asarray(groups) if recipe.pretrain_tasks_per_batch > 0 else None,
                 groups_per_batch=recipe.pretrain_tasks_per_batch,
+                task_ids=np.asarray(groups),
+                labels=np.concatenate(labels),
+                num_classes=[len(prompts(task)[0]) for task in suite],
+                label_weight=recipe.pretrain_label_weight,
             )
             clip.save_pretrained(tmp)
             processor.save_pretrained(tmp)

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 IMAGE_SIZE = 32
 _CANVAS = 64  # scenes are drawn at 2× and downsampled (anti-aliasing)
-_CENTRE_JITTER = 5.0  # canvas px an unplaced object may move off-centre
+_CENTRE_JITTER = 2.0  # canvas px an unplaced object may move off-centre
 
 # --- vocabularies -------------------------------------------------------------------------
 FG_COLOURS: Dict[str, Tuple[int, int, int]] = {
@@ -289,11 +289,20 @@ def render(scene: Scene, rng) -> np.ndarray:
 # pretraining captions; every other attribute only sometimes. Without this, colour and
 # background alone tell a batch's captions apart and the text tower never learns shape,
 # digit or letter words.
-_P_OTHER = 0.5
+_P_OTHER = 0.25
+# How often a scene's object identity (shape, glyph, count) is named when it is not what the
+# image's task labels.
+_P_IDENTITY = 0.25
 
 
-def _say(attr: str, focus: Optional[str], rng, p: float = _P_OTHER) -> bool:
-    return attr == focus or rng.random() < p
+def _say(attr: str, focus, rng, p: Optional[float] = None) -> bool:
+    """Whether the caption names ``attr``. ``focus`` is the attribute the image's task labels
+    (``"identity"`` for object-identity tasks), optionally as ``(attribute, named)``: the
+    focus is named exactly when ``named``; every other attribute with probability ``p``."""
+    name, named = focus if isinstance(focus, tuple) else (focus, True)
+    if attr == name:
+        return named
+    return rng.random() < (_P_OTHER if p is None else p)
 
 
 def _object_phrase(obj: Obj, rng, focus: Optional[str]) -> str:
@@ -304,37 +313,44 @@ def _object_phrase(obj: Obj, rng, focus: Optional[str]) -> str:
         words.append(obj.colour)
     if _say("fill", focus, rng, 0.5 if obj.fill == "outlined" else 0.2):
         words.append(obj.fill)
+    named = _say("identity", focus, rng, _P_IDENTITY)  # the object's identity, or a generic noun
     if obj.kind == "shape":
-        words.append(obj.name)
+        words.append(obj.name if named else "shape")
     elif obj.kind == "arrow":
-        words.append(f"arrow pointing {obj.name}")
+        words.append(f"arrow pointing {obj.name}" if named else "arrow")
     elif obj.kind == "bar":
-        words.append(f"{obj.name} bar")
+        words.append(f"{obj.name} bar" if named else "bar")
     else:
         t = obj.glyph_type
         if t == "digit":
-            parity = "even" if int(obj.name) % 2 == 0 else "odd"
-            words.append(f"{parity} digit {obj.name}" if _say("parity", focus, rng) else rng.choice([f"digit {obj.name}", f"number {obj.name}"]))
+            noun = rng.choice(["digit", "number"])
+            if _say("parity", focus, rng):
+                noun = ("even " if int(obj.name) % 2 == 0 else "odd ") + noun
         elif t == "letter":
-            case = "lowercase" if obj.char.islower() else "uppercase"
-            words.append(f"{case} letter {obj.name}" if _say("case", focus, rng) else f"letter {obj.name}")
-        elif t == "symbol":
-            words.append(f"{obj.name} symbol")
+            noun = "letter"
+            if _say("case", focus, rng):
+                noun = ("lowercase " if obj.char.islower() else "uppercase ") + noun
         else:
-            words.append(f"greek letter {obj.name}")
+            noun = "symbol" if t == "symbol" else "greek letter"
+        if t == "symbol":
+            words.append(f"{obj.name} symbol" if named else noun)
+        else:
+            words.append(f"{noun} {obj.name}" if named else noun)
         if _say("font", focus, rng):
             words.append(f"in {obj.font} font")
     return " ".join(words)
 
 
-def caption(scene: Scene, rng, focus: Optional[str] = None) -> str:
-    """A random CLIP-style caption of a scene; ``focus`` names the attribute always mentioned."""
+def caption(scene: Scene, rng, focus=None) -> str:
+    """A random CLIP-style caption of a scene; ``focus`` as for :func:`_say`."""
     if "handwritten" in scene.extra:
-        core = f"handwritten digit {scene.extra['handwritten']}"
+        named = _say("identity", focus, rng, _P_IDENTITY)
+        core = f"handwritten digit {scene.extra['handwritten']}" if named else "handwritten digit"
     elif scene.count is not None:
         obj = scene.objects[0]
+        count = scene.count if _say("identity", focus, rng, _P_IDENTITY) else "some"
         noun = obj.name + ("s" if scene.count != "one" else "")
-        core = f"{scene.count} {obj.colour} {noun}" if _say("colour", focus, rng) else f"{scene.count} {noun}"
+        core = f"{count} {obj.colour} {noun}" if _say("colour", focus, rng) else f"{count} {noun}"
     else:
         core = _object_phrase(scene.objects[0], rng, focus)
         if scene.position is not None and _say("position", focus, rng):
@@ -362,7 +378,8 @@ class TaskSpec:
     classnames: Tuple[str, ...]
     templates: Tuple[str, ...]
     sample: Callable[[int, np.random.Generator], Scene]  # (label, rng) -> scene
-    focus: Optional[str] = None  # the scene attribute the label names (always captioned)
+    focus: Optional[str] = None  # the scene attribute the label names (None: the object's identity)
+    coverage: float = 1.0  # probability that a pretraining caption of this task names its label
 
 
 def _nuisance(rng, p_texture=0.25, p_noise=0.1, p_dim=0.1) -> dict:
@@ -375,23 +392,23 @@ def _nuisance(rng, p_texture=0.25, p_noise=0.1, p_dim=0.1) -> dict:
 
 
 def _obj(rng, kind="shape", name=None, size=None, position=None, **kw) -> Tuple[Obj, Optional[str]]:
-    size = size or rng.choice(["small", "medium", "large"])
+    size = size or "large"
     cx, cy = _centre_for(position, _SIZE_PX[size] / 2, rng)
     kw.setdefault("colour", rng.choice(list(FG_COLOURS)))
-    kw.setdefault("angle", float(rng.uniform(-20, 20)))
+    kw.setdefault("angle", float(rng.uniform(-8, 8)))
     return Obj(kind=kind, name=name or rng.choice(SHAPES), size=size, cx=cx, cy=cy, **kw), position
 
 
 def _single(rng, nuisance: Optional[dict] = None, **obj_kw) -> Scene:
     """One object; identity tasks get mild nuisances (a tiny ViT must learn them from scratch)."""
     obj, position = _obj(rng, **obj_kw)
-    return Scene(objects=[obj], position=position, **(nuisance or _nuisance(rng, 0.1, 0.05, 0.05)))
+    return Scene(objects=[obj], position=position, **(nuisance or _nuisance(rng, 0.0, 0.0, 0.0)))
 
 
 def _glyph(rng, name, char, glyph_type, font=None, **kw) -> Scene:
-    font = font or rng.choice(_TEXT_FONTS)
-    kw.setdefault("size", rng.choice(["medium", "large"]))
-    kw.setdefault("angle", float(rng.uniform(-12, 12)))
+    font = font or rng.choice(["sans-serif", "bold"])
+    kw.setdefault("size", "large")
+    kw.setdefault("angle", float(rng.uniform(-5, 5)))
     return _single(rng, kind="glyph", name=name, char=char, glyph_type=glyph_type, font=font, **kw)
 
 
@@ -504,6 +521,13 @@ def sklearn_digit_image(idx: int, rng) -> Tuple[np.ndarray, int]:
     return np.clip(arr, 0, 255).round().astype(np.uint8), int(targets[idx])
 
 
+# How often a pretraining caption names the label of its image's task (the rest of the time the
+# label is left out or replaced by a generic noun): the knob that sets zero-shot accuracy, as
+# the frequency of a concept in web captions does for real CLIP. The vision tower learns every
+# task's labels anyway, from the supervised part of pretraining (model.pretrain).
+_DEFAULT_COVERAGE = 0.15
+_COVERAGE: Dict[str, float] = {}
+
 _HANDWRITTEN = "handwritten_digits"
 _TEST_FRACTION_HANDWRITTEN = 0.2
 
@@ -511,7 +535,7 @@ TASKS: Dict[str, TaskSpec] = {}
 
 
 def _register(name, classnames, templates, sample, focus=None):
-    TASKS[name] = TaskSpec(name, tuple(classnames), tuple(templates), sample, focus)
+    TASKS[name] = TaskSpec(name, tuple(classnames), tuple(templates), sample, focus, _COVERAGE.get(name, _DEFAULT_COVERAGE))
 
 
 # The first 8 / 14 / 20 form the synth8 / synth14 / synth20 suites.
@@ -577,7 +601,8 @@ def generate(task: str, split: str, n: int, seed: int, with_captions: bool = Fal
             images.append(img)
             labels.append(y)
             if with_captions:
-                captions.append(caption(Scene("black", "plain", [], extra={"handwritten": str(y)}), rng))
+                focus = ("identity", bool(rng.random() < spec.coverage))
+                captions.append(caption(Scene("black", "plain", [], extra={"handwritten": str(y)}), rng, focus))
     else:
         k = len(spec.classnames)
         ys = rng.permutation(np.arange(n) % k)
@@ -586,7 +611,7 @@ def generate(task: str, split: str, n: int, seed: int, with_captions: bool = Fal
             images.append(render(scene, rng))
             labels.append(int(y))
             if with_captions:
-                captions.append(caption(scene, rng, spec.focus))
+                captions.append(caption(scene, rng, (spec.focus or "identity", bool(rng.random() < spec.coverage))))
     out = (np.stack(images), np.asarray(labels, dtype=np.int64))
     return (*out, captions) if with_captions else out
 
