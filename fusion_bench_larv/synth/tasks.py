@@ -8,8 +8,15 @@ the 20 tasks share one image distribution but ask different questions of it, the
 TALL20 mix object, texture, digit and scene recognition. One task (``handwritten_digits``) is
 real data: scikit-learn's bundled 8×8 handwritten digits (UCI), upscaled.
 
+Objects of the identity tasks are large and roughly centred on a plain background, and glyphs
+use two fonts (except in ``fonts``): a 12-block ViT of width 64 trained for minutes learns these,
+not small rotated glyphs on textured backgrounds (docs/benchmark.md, "Tried and dropped").
+
 Scenes also carry every attribute as text, which :func:`caption` turns into a CLIP-style
-caption for contrastive pretraining (all 20 tasks' vocabularies appear in the captions).
+caption for contrastive pretraining. A caption names its image's label with probability
+``TaskSpec.coverage`` (default ``_DEFAULT_COVERAGE``) and any other attribute with
+``_P_OTHER`` / ``_P_IDENTITY``: how often a concept is captioned sets how well the text tower,
+and so the zero-shot head, knows it.
 
 Determinism: everything is drawn from ``numpy.random.default_rng`` seeded by
 ``(seed, task index, split)``; the same seed gives byte-identical images.
