@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -133,8 +134,15 @@ def test_finetuned_towers_differ_task_dependently(tiny_synth):
 def test_build_is_resumable_and_rebuilds_only_what_is_missing(tmp_path, monkeypatch):
     recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=3, finetune_steps=2)
     tasks = list(TASK_NAMES[:2])
-    assets = build(tasks, cache_dir=tmp_path, recipe=recipe)
+    umask = os.umask(0o022)
+    try:
+        assets = build(tasks, cache_dir=tmp_path, recipe=recipe)
+    finally:
+        os.umask(umask)
     assert assets.missing(tasks) == []
+    # JSON files go through fusion_bench_larv.atomic: the mode a plain open() gives (0644 here)
+    for path in (assets.manifest, assets.prompts):
+        assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
     manifest = assets.read_manifest()
     assert manifest["seed"] == 0 and manifest["recipe"] == recipe.to_dict()
     assert set(manifest["timings_s"]) >= {"pretrained", *(f"finetuned/{t}" for t in tasks), *(f"data/{t}" for t in tasks)}

@@ -34,6 +34,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_json
 from .model import ModelSize
 from .tasks import TASK_NAMES, generate, prompts
 
@@ -161,12 +162,6 @@ def _atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _torch_seed(recipe: Recipe, what: str) -> int:
     return (recipe.seed * 1_000_003 + zlib.crc32(what.encode())) % (2**31)
 
@@ -255,20 +250,20 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
         log.info("tinyclip_synth assets complete in %s", assets.root)
         return assets
     assets.root.mkdir(parents=True, exist_ok=True)
-    _write_json(assets.manifest, manifest)
+    atomic_write_json(assets.manifest, manifest, indent=2)
     log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, ", ".join(todo))
     suite = list(TASK_NAMES[: recipe.suite])
     timings: Dict[str, float] = manifest["timings_s"]
 
     def done(name: str, start: float) -> None:
         timings[name] = round(time.perf_counter() - start, 1)
-        _write_json(assets.manifest, manifest)
+        atomic_write_json(assets.manifest, manifest, indent=2)
         log.info("built %s in %.1f s", name, timings[name])
 
     if "prompts" in todo:
         start = time.perf_counter()
         table = {t: dict(zip(("classnames", "templates"), prompts(t))) for t in suite}
-        _write_json(assets.prompts, table)
+        atomic_write_json(assets.prompts, table, indent=2)
         done("prompts", start)
 
     for task in tasks:
