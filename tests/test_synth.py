@@ -188,6 +188,30 @@ def test_rebuild_reproduces_the_same_weights(tmp_path):
         assert (a.root / path).read_bytes() == (b.root / path).read_bytes(), path
 
 
+def test_label_weight_needs_labels_and_is_validated(tiny_synth):
+    """The supervised pretraining term needs each image's task and label; weights are >= 0."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    with pytest.raises(ValueError, match="pretrain_label_weight"):
+        Recipe(pretrain_label_weight=-1.0)
+    clip = CLIPModel.from_pretrained(str(tiny_synth.assets.pretrained))
+    processor = CLIPProcessor.from_pretrained(str(tiny_synth.assets.pretrained))
+    images, labels = generate("shapes", "test", 4, seed=0)
+    with pytest.raises(ValueError, match="task_ids, labels and num_classes"):
+        model_mod.pretrain(clip, processor, images, ["a shape"] * 4, steps=1, batch_size=2, lr=1e-3,
+                           weight_decay=0.0, seed=0, labels=labels, label_weight=1.0)
+    # with them, the first step's loss is the contrastive loss plus the (positive) cross-entropy
+    import copy
+
+    kw = dict(steps=1, batch_size=4, lr=1e-3, weight_decay=0.0, seed=0)
+    plain = model_mod.pretrain(copy.deepcopy(clip), processor, images, ["a shape"] * 4, **kw)
+    torch.manual_seed(0)
+    supervised = model_mod.pretrain(copy.deepcopy(clip), processor, images, ["a shape"] * 4, **kw,
+                                    task_ids=np.zeros(4, dtype=int), labels=labels, num_classes=[6],
+                                    label_weight=1.0)
+    assert np.isfinite(supervised[0]) and supervised[0] > plain[0] + 0.1, (plain, supervised)
+
+
 def test_recipe_mismatch_and_missing_assets_are_clear(tmp_path):
     recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1)
     build(["shapes"], cache_dir=tmp_path, recipe=recipe)
