@@ -61,6 +61,20 @@ def tiny_recipe(layers: int = 4, suite: int = 4, **overrides) -> Recipe:
     return Recipe(**kw)
 
 
+def compose_config(config_dir, overrides: Sequence[str] = ()):
+    """Compose ``fabric_model_fusion`` with ``config_dir`` as the primary config dir (plus the
+    search-path plugin), in a fresh Hydra global state that is cleared again afterwards."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            return compose("fabric_model_fusion", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def fusion_bench_executable() -> str:
     exe = Path(sys.executable).with_name("fusion_bench")
     return str(exe) if exe.exists() else (shutil.which("fusion_bench") or "fusion_bench")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +37,7 @@ SETTINGS = {"TA8": 8, "TALL14": 14, "TALL20": 20}
 TA8_TASKS = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
 
 
-def _compose(primary_dir: Path, overrides):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(primary_dir), version_base=None):
-            return compose("fabric_model_fusion", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+_compose = compose_config
 
 
 @pytest.mark.parametrize("where", sorted(PRIMARY_DIRS))

@@ -13,11 +13,9 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import run_hub_cli
+from conftest import compose_config, run_hub_cli
 from hub_fixture import GLUE_TASKS, ROBUSTNESS_TASKS, _t5_tokenizer
 from test_hub_cli import empty_cwd, reported_tasks, task_results  # noqa: F401 (fixture)
 
@@ -25,12 +23,7 @@ REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 
 def compose_root(*overrides):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(REPO_CONFIG), version_base=None):
-            return compose("fabric_model_fusion", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(REPO_CONFIG, overrides)
 
 
 @pytest.fixture

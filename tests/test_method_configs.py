@@ -4,9 +4,9 @@ import inspect
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+
+from conftest import compose_config
 
 from fusion_bench.utils import instantiate
 from fusion_bench_larv.algorithm import BASE_MERGERS, LARV_METHODS, LARVAlgorithm
@@ -18,13 +18,7 @@ LARV_KEYS = [p for p in inspect.signature(LARVAlgorithm.__init__).parameters
 
 
 def compose_method(name, *overrides):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(REPO_CONFIG), version_base=None):
-            cfg = compose("fabric_model_fusion", overrides=[f"method={name}", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
-    return cfg.method
+    return compose_config(REPO_CONFIG, [f"method={name}", *overrides]).method
 
 
 def test_one_config_per_named_variant():

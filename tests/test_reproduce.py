@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import compose_config
 from fusion_bench_larv import programs, reproduce
 from fusion_bench_larv.reproduce import MERGERS
 
@@ -276,13 +277,7 @@ def test_group_into_sweeps_never_adds_jobs():
 def _compose(overrides):
     from importlib.util import find_spec
 
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    config_dir = list(find_spec("fusion_bench_config").submodule_search_locations)[0]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose("fabric_model_fusion", overrides=overrides)
+    return compose_config(list(find_spec("fusion_bench_config").submodule_search_locations)[0], overrides)
 
 
 def _larv_configs_available():

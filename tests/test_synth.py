@@ -16,7 +16,7 @@ from fusion_bench_larv.synth import model as model_mod
 from fusion_bench_larv.synth.build import Assets, Recipe, build, default_cache_dir, ensure
 from fusion_bench_larv.synth.tasks import SUITES, TASK_NAMES, TASKS, generate, prompts
 
-from conftest import OFFLINE_ENV, fusion_bench_executable, tiny_recipe
+from conftest import OFFLINE_ENV, compose_config, fusion_bench_executable, tiny_recipe
 
 
 # --- generator ----------------------------------------------------------------------------
@@ -263,13 +263,9 @@ def test_pools_point_at_assets(tiny_synth):
 # --- configs ------------------------------------------------------------------------------
 def _compose(overrides):
     import fusion_bench_config
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    config_dir = str(list(fusion_bench_config.__path__)[0])  # a namespace package: no __file__
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose(config_name="fabric_model_fusion", overrides=overrides)
+    # a namespace package: no __file__
+    return compose_config(list(fusion_bench_config.__path__)[0], overrides)
 
 
 @pytest.mark.parametrize("n", [8, 14, 20])
