@@ -295,3 +295,14 @@ def test_cli_cfg_job_shows_pool_and_taskpool(tmp_path):
     assert cfg["taskpool"]["tasks"] == list(SUITES[8])
     assert cfg["taskpool"]["cache_dir"] == "${oc.select:modelpool.cache_dir,null}"
     assert not (tmp_path / "outputs").exists()
+
+
+def test_task_vector_stats_of_a_build(tiny_synth):
+    """`python -m fusion_bench_larv.synth stats`: per-task relative norms, cosines, one depth entry per block."""
+    from fusion_bench_larv.synth.stats import assets_stats, format_stats
+
+    stats = assets_stats(tiny_synth.assets, tiny_synth.tasks)
+    assert list(stats["rel_norm"]) == tiny_synth.tasks and all(v > 0 for v in stats["rel_norm"].values())
+    assert -1 < stats["mean_cos"] < 1
+    assert len(stats["depth"]) == tiny_synth.recipe.model.vision_layers and all(v > 0 for v in stats["depth"])
+    assert "mean pairwise cosine" in format_stats(stats)

@@ -9,12 +9,12 @@ For the vision tower's 2-D weights (the matrices every SVD-based merger works on
 
 from __future__ import annotations
 
-import re
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch
 
-_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+from ..blocks import find_blocks
+
 
 
 def task_vector_stats(pretrained: Dict[str, torch.Tensor], finetuned: Dict[str, Dict[str, torch.Tensor]]) -> dict:
@@ -28,16 +28,12 @@ def task_vector_stats(pretrained: Dict[str, torch.Tensor], finetuned: Dict[str, 
     cos = unit @ unit.T
     n = len(tasks)
     mean_cos = float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1))) if n > 1 else float("nan")
-    blocks: Dict[int, List[str]] = {}
-    for k in keys:
-        m = _BLOCK.search(k)
-        if m:
-            blocks.setdefault(int(m.group(1)), []).append(k)
     depth = []
-    for b in sorted(blocks):
-        norm0 = torch.cat([pretrained[k].double().flatten() for k in blocks[b]]).norm()
+    for block in find_blocks(pretrained.keys()).blocks:  # the same block layout LARV uses
+        matrices = [k for k in block.keys if k in keys]
+        norm0 = torch.cat([pretrained[k].double().flatten() for k in matrices]).norm()
         per_task = [
-            float(torch.cat([(finetuned[t][k].double() - pretrained[k].double()).flatten() for k in blocks[b]]).norm() / norm0)
+            float(torch.cat([(finetuned[t][k].double() - pretrained[k].double()).flatten() for k in matrices]).norm() / norm0)
             for t in tasks
         ]
         depth.append(sum(per_task) / len(per_task))
