@@ -9,7 +9,8 @@ from fusion_bench import BaseModelPool
 from fusion_bench.utils import instantiate
 
 import fusion_bench_larv.algorithm as algorithm_module
-from fusion_bench_larv.algorithm import BASE_MERGERS, LARV_METHODS, LARVAlgorithm
+from fusion_bench_larv.algorithm import LARV_METHODS, LARVAlgorithm
+from fusion_bench_larv.defaults import BASE_MERGERS
 from tiny_models import NUM_LAYERS, TinyPool, fine_tuned, tiny_clip_vision
 
 # Small iteration counts keep WUDI fast; everything else uses the shipped defaults.

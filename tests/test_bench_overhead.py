@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusion_bench_larv.algorithm import BASE_MERGERS, LARVAlgorithm
-from fusion_bench_larv.diagnostics import process_rank_cache
+from fusion_bench_larv.algorithm import LARVAlgorithm
+from fusion_bench_larv.defaults import BASE_MERGERS
+from fusion_bench_larv.rank_cache import process_rank_cache
 from tiny_models import TinyPool
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"

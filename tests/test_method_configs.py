@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from conftest import compose_config
 
 from fusion_bench.utils import instantiate
-from fusion_bench_larv.algorithm import BASE_MERGERS, LARV_METHODS, LARVAlgorithm
+from fusion_bench_larv.algorithm import LARV_METHODS, LARVAlgorithm
+from fusion_bench_larv.defaults import BASE_MERGERS
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 METHOD_CONFIGS = sorted(p.stem for p in (REPO_CONFIG / "method").glob("larv_*.yaml"))
