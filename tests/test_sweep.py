@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import OFFLINE_ENV, fusion_bench_executable
-from fusion_bench_larv import sweep, tables
+from fusion_bench_larv import plots, sweep
 
 TIERS_2X2 = ["[0.6,0.8,1.2]", "[0.6,0.8,1.4]", "[0.6,1.0,1.2]", "[0.6,1.0,1.4]"]
 
@@ -157,10 +157,10 @@ def test_heatmap_over_two_numeric_method_keys_without_baseline(tmp_path):
     assert [v for line in data["values"] for v in line if v is not None] == pytest.approx(
         [v for line in expected for v in line if v is not None])
     # the figure itself: the drawn image is that matrix, and the failed cell is marked missing
-    fig = tables.tier_figure(data["row_values"], data["column_values"], data["values"], "t", centered=False)
+    fig = plots.tier_figure(data["row_values"], data["column_values"], data["values"], "t", centered=False)
     drawn = np.ma.asarray(fig.axes[0].images[0].get_array())
     assert drawn[0, 2] == pytest.approx(expected[0][2]) and np.ma.getmaskarray(drawn)[1, 1]
-    assert tables.MISSING in [t.get_text() for t in fig.axes[0].texts]
+    assert plots.MISSING in [t.get_text() for t in fig.axes[0].texts]
 
 
 @pytest.mark.parametrize("overrides, drawn", [
