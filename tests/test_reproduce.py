@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config
-from fusion_bench_larv import programs, reproduce
-from fusion_bench_larv.reproduce import MERGERS
+from fusion_bench_larv import job_reports
+from fusion_bench_larv.paper import jobs as paper_jobs
+from fusion_bench_larv.paper import programs, reproduce
+from fusion_bench_larv.paper.experiments import MERGERS
 
 REPO = Path(__file__).resolve().parents[1]
 ALIASES8 = ["clip-vit-base-patch32_TA8", "clip-vit-base-patch16_TA8", "clip-vit-large-patch14_TA8"]
@@ -123,7 +125,7 @@ def test_main_table_is_36_runs(capsys):
     iso = [j for j in jobs if j["method"] == "isotropic_merging/iso_c"]
     assert {j["method.scaling_factor"] for j in iso} == {"1.5"}
     for c in commands:
-        assert "_target_=fusion_bench_larv.programs.ResumableFusionProgram" in c
+        assert "_target_=fusion_bench_larv.paper.programs.ResumableFusionProgram" in c
         assert "${hydra:job.override_dirname}" in c
 
 
@@ -254,19 +256,19 @@ def test_launcher_and_plumbing_flags(capsys):
 
 
 def test_group_into_sweeps_never_adds_jobs():
-    J = reproduce._job
+    J = paper_jobs.job
     jobs = [J(("modelpool", "a"), ("method", "x")), J(("modelpool", "b"), ("method", "x")),
             J(("modelpool", "a"), ("method", "y"))]  # not a full product
-    sweeps = reproduce.group_into_sweeps("t", jobs, ("method", "modelpool"))
+    sweeps = paper_jobs.group_into_sweeps("t", jobs, ("method", "modelpool"))
     expanded = [tuple(sorted(zip(s.keys, combo))) for s in sweeps
                 for combo in itertools.product(*(s.values[k] for k in s.keys))]
     assert sorted(expanded) == sorted(tuple(sorted(j.overrides)) for j in jobs)
     full = jobs + [J(("modelpool", "b"), ("method", "y"))]
-    assert len(reproduce.group_into_sweeps("t", full, ("method", "modelpool"))) == 1
+    assert len(paper_jobs.group_into_sweeps("t", full, ("method", "modelpool"))) == 1
     # a group is not swept together with overrides of its sub-keys (Hydra's master config)
-    assert len(reproduce.group_into_sweeps("t", full, ("method", "modelpool"), ["taskpool.tasks"])) == 2
+    assert len(paper_jobs.group_into_sweeps("t", full, ("method", "modelpool"), ["taskpool.tasks"])) == 2
     with_sub = [J(("modelpool", "a"), ("method", m), ("method.scaling_factor", "0.3")) for m in ("x", "y")]
-    assert [s.values["method"] for s in reproduce.group_into_sweeps("t", with_sub, ("method",))] == [["x"], ["y"]]
+    assert [s.values["method"] for s in paper_jobs.group_into_sweeps("t", with_sub, ("method",))] == [["x"], ["y"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,14 +276,14 @@ def test_group_into_sweeps_never_adds_jobs():
 # ---------------------------------------------------------------------------------------------
 
 
+def _larv_configs_available():
+    return (REPO / "config" / "method" / "larv_iso_c.yaml").exists()
+
+
 def _compose(overrides):
     from importlib.util import find_spec
 
     return compose_config(list(find_spec("fusion_bench_config").submodule_search_locations)[0], overrides)
-
-
-def _larv_configs_available():
-    return (REPO / "config" / "method" / "larv_iso_c.yaml").exists()
 
 
 @pytest.mark.parametrize("argv", [
@@ -545,10 +547,10 @@ def toy(tmp_path):
     (tmp_path / "cfg" / "modelpool" / "toy_linear.yaml").write_text(TOY_POOL)
     (tmp_path / "py").mkdir()
     (tmp_path / "py" / "slow_models.py").write_text(SLOW_MODELS)
-    J = reproduce._job
+    J = paper_jobs.job
     jobs = [J(("modelpool", "toy_linear"), ("method", "task_arithmetic"), ("method.scaling_factor", v))
             for v in ("0.1", "0.2", "0.3")]
-    (sweep,) = reproduce.group_into_sweeps("toy", jobs, ("method", "modelpool", "method.scaling_factor"))
+    (sweep,) = paper_jobs.group_into_sweeps("toy", jobs, ("method", "modelpool", "method.scaling_factor"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "py"), os.environ.get("PYTHONPATH", "")]),
                HYDRA_FULL_ERROR="1")
 
@@ -656,7 +658,7 @@ def _larv_code_available():
 def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypatch):
     if not _larv_code_available():
         pytest.skip("LARV method not there yet")
-    from fusion_bench_larv import tables
+    from fusion_bench_larv.paper import tables
 
     output = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
@@ -666,7 +668,7 @@ def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypat
     tiers_seen = Counter()
     for name, path in reports.items():
         report = json.loads(path.read_text())
-        metrics = tables.task_metrics(report)  # FusionBench's flat layout, LARV or bare
+        metrics = job_reports.task_metrics(report)  # FusionBench's flat layout, LARV or bare
         assert set(tiny_synth.tasks) | {"average"} == set(metrics) == set(report) - {"model_info"}
         assert 0.0 <= metrics["average"]["accuracy"] <= 1.0
         layers = path.parent / "larv_layers.json"
@@ -685,7 +687,7 @@ def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypat
     md = (tmp_path / "tables" / "tables.md").read_text()
     gates = [b for b in md.split("### ") if b.startswith("Gate ablation, TinyCLIP")][0]
     for name, path in reports.items():
-        acc = tables.task_metrics(json.loads(path.read_text()))["average"]["accuracy"]
+        acc = job_reports.task_metrics(json.loads(path.read_text()))["average"]["accuracy"]
         assert f"{100 * acc:.1f}" in gates, (name, acc)
     blocks = read_csv_rows(tmp_path / "tables" / "larv_blocks.csv")
     assert len(blocks) == 4 * tiny_synth.recipe.model.vision_layers  # 4 LARV jobs
@@ -693,7 +695,7 @@ def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypat
     # jobs' averages and no + LARV bars (those cells are missing, not filled in).
     assert set(result["figures"]) == {"fig_main"}
     (ax,) = tables.main_figure(tables.tidy_rows(tables.collect(output))).axes
-    bare = sorted(100 * tables.task_metrics(json.loads(p.read_text()))["average"]["accuracy"]
+    bare = sorted(100 * job_reports.task_metrics(json.loads(p.read_text()))["average"]["accuracy"]
                   for n, p in reports.items() if "/larv_" not in f"/{n}")
     assert sorted(b.get_height() for b in ax.containers[0]) == pytest.approx(bare)
     assert all(math.isnan(b.get_height()) for b in ax.containers[1])
