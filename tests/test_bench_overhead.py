@@ -60,8 +60,9 @@ def test_bench_memory_helpers():
         sys.path.remove(str(SCRIPT.parent))
     rss = bench_overhead._proc_status_kib("VmRSS")
     assert rss > 0
-    if bench_overhead._reset_peak_rss():
-        assert bench_overhead._proc_status_kib("VmHWM") >= rss * 0.5
+    # the peak counter (reset to the current RSS where the kernel allows it) is never below it
+    assert isinstance(bench_overhead._reset_peak_rss(), bool)
+    assert bench_overhead._proc_status_kib("VmHWM") >= rss * 0.5
     args = bench_overhead.parse_args(["--backbone", "vit-l-14", "--tasks", "20", "--merger",
                                       "iso_c", "tsvm", "--device", "cuda", "--rank-cache", "warm"])
     assert (args.backbone, args.tasks, args.merger, args.device) == ("vit-l-14", 20,

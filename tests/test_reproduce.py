@@ -276,10 +276,6 @@ def test_group_into_sweeps_never_adds_jobs():
 # ---------------------------------------------------------------------------------------------
 
 
-def _larv_configs_available():
-    return (REPO / "config" / "method" / "larv_iso_c.yaml").exists()
-
-
 def _compose(overrides):
     from importlib.util import find_spec
 
@@ -298,8 +294,6 @@ def _compose(overrides):
 def test_every_sweep_composes_like_hydra_multirun(capsys, argv):
     """Compose each printed command the way Hydra's multirun does: the master config (groups at
     their defaults + every fixed override), then every job's config from its overrides."""
-    if not _larv_configs_available():
-        pytest.skip("LARV method configs not there yet")
     from importlib.util import find_spec
 
     from hydra import initialize_config_dir
@@ -335,13 +329,16 @@ def test_every_sweep_composes_like_hydra_multirun(capsys, argv):
 
 
 def test_bare_hyperparameters_match_larv_base_configs():
-    if not _larv_configs_available():
-        pytest.skip("LARV method configs not there yet")
     for spec in MERGERS.values():
         cfg = _compose([f"method={spec.larv_method}"])
         base = cfg.method.base_method
         for k, v in spec.bare_overrides:
             assert float(base[k.split(".", 1)[1]]) == float(v), (spec.key, k)
+        # the other base hyperparameters are FusionBench's own defaults of the bare method
+        bare = _compose([f"method={spec.bare_method}"]).method
+        for k, v in base.items():
+            if k != "_target_" and f"method.{k}" not in dict(spec.bare_overrides):
+                assert bare[k] == v, (spec.key, k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,14 +647,8 @@ def grid_reports(output):
     return {str(p.parent.relative_to(output)): p for p in sorted(Path(output).rglob("program_report.json"))}
 
 
-def _larv_code_available():
-    return _larv_configs_available() and (REPO / "fusion_bench_larv" / "algorithm.py").exists()
-
-
 @pytest.mark.slow
 def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypatch):
-    if not _larv_code_available():
-        pytest.skip("LARV method not there yet")
     from fusion_bench_larv.paper import tables
 
     output = tmp_path / "out"
@@ -713,8 +704,6 @@ def test_tinyclip_grid_resume_with_joblib(tiny_synth, tmp_path, monkeypatch):
     """A 1-job sweep first (as if the full sweep had been killed after it), then the full grid
     with the joblib launcher: the finished job is not redone, the other five are created."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    if not _larv_code_available():
-        pytest.skip("LARV method not there yet")
     output = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
     common = harness_args(tiny_synth, output)
