@@ -32,16 +32,44 @@ def test_torch_requirement_rejects_too_old():
     assert not torch_requirement().specifier.contains("2.0.1")
 
 
+def _older_torch_the_environment_accepts() -> str:
+    """The oldest torch 2.x release >= 2.1 that every installed distribution other than this
+    package accepts (fresh installs take the newest releases of our unpinned dependencies,
+    e.g. accelerate, whose own torch floor moves over time)."""
+    import importlib.metadata as metadata
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    floors = []
+    for dist in metadata.distributions():
+        if dist.metadata["Name"] == "fusion-bench-larv":
+            continue
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.name == "torch" and (req.marker is None or req.marker.evaluate({"extra": ""})):
+                floors.append(req.specifier)
+    installed = Version(metadata.version("torch")).release
+    for minor in range(1, installed[1]):
+        candidate = f"2.{minor}.0"
+        if all(spec.contains(candidate) for spec in floors):
+            return candidate
+    pytest.fail(f"no torch 2.x older than the installed {metadata.version('torch')} satisfies the environment: {floors}")
+
+
 def test_pip_install_keeps_an_installed_torch(tmp_path):
-    """`pip install --dry-run -e .` where torch 2.4.1 is installed: pip installs only this package.
+    """`pip install --dry-run -e .` where an older torch is installed: pip installs only this package.
 
     The installed torch is a bare ``dist-info`` put first on ``sys.path`` (PYTHONPATH), so pip
-    sees torch 2.4.1; every other requirement is satisfied by this venv. Offline:
-    ``--no-index`` and ``--no-build-isolation`` (this venv's setuptools builds the metadata).
+    sees that version; every other requirement is satisfied by this venv. The version is the
+    oldest 2.x >= 2.1 that the venv's other distributions accept. Offline: ``--no-index`` and
+    ``--no-build-isolation`` (this venv's setuptools builds the metadata).
     """
-    fake = tmp_path / "site" / "torch-2.4.1.dist-info"
+    version = _older_torch_the_environment_accepts()
+    assert torch_requirement().specifier.contains(version)
+    fake = tmp_path / "site" / f"torch-{version}.dist-info"
     fake.mkdir(parents=True)
-    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.4.1\n")
+    (fake / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
     (fake / "INSTALLER").write_text("pip\n")
     src = tmp_path / "src"  # a copy, so the build writes nothing into the checkout
     src.mkdir()
@@ -52,7 +80,7 @@ def test_pip_install_keeps_an_installed_torch(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), PIP_DISABLE_PIP_VERSION_CHECK="1")
     seen = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('torch'))"],
                           env=env, capture_output=True, text=True, timeout=120)
-    assert seen.stdout.strip() == "2.4.1", seen.stderr
+    assert seen.stdout.strip() == version, seen.stderr
     report = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation", "--no-cache-dir",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -50,6 +51,21 @@ def test_every_task_is_balanced_varied_and_class_dependent(task):
     assert images.reshape(len(images), -1).std(0).mean() > 10  # not constant images
     means = np.stack([images[labels == y].reshape(-1, 32 * 32 * 3).mean(0) for y in range(k)])
     assert np.abs(means - means.mean(0)).mean() > 0.5  # the label changes the pixels
+
+
+def test_every_task_has_its_own_frame():
+    """Each task's images carry its own two-ring frame (its image domain), the rest is free."""
+    from fusion_bench_larv.synth.tasks import domain_colours
+
+    assert len({domain_colours(i) for i in range(len(TASK_NAMES))}) == len(TASK_NAMES)
+    with pytest.raises(ValueError, match="no frame for task index 20"):
+        domain_colours(20)
+    for i, task in enumerate(TASK_NAMES):
+        images, _ = generate(task, "test", 6, seed=0)
+        outer, inner = domain_colours(i)
+        assert (images[:, 0, :] == outer).all() and (images[:, :, -1] == outer).all(), task
+        assert (images[:, 1, 1:-1] == inner).all() and (images[:, 1:-1, -2] == inner).all(), task
+        assert images[:, 2:-2, 2:-2].std() > 10, task  # the scene inside the frame varies
 
 
 def test_handwritten_digits_is_real_data_with_disjoint_splits():
@@ -223,6 +239,19 @@ def test_recipe_mismatch_and_missing_assets_are_clear(tmp_path):
         ensure(["shapes"], cache_dir=tmp_path / "empty", build_if_missing=False)
     with pytest.raises(ValueError, match="suite"):
         Recipe(suite=0)
+
+
+def test_folder_of_another_generator_version_is_refused(tmp_path):
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1)
+    assets = build(["shapes"], cache_dir=tmp_path, recipe=recipe)
+    manifest = assets.read_manifest()
+    assert manifest["version"] == build_mod.MANIFEST_VERSION
+    manifest["version"] = build_mod.MANIFEST_VERSION - 1
+    assets.manifest.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"version {build_mod.MANIFEST_VERSION - 1} of the tinyclip_synth generator"):
+        ensure(["shapes"], cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="delete that folder or use another --cache-dir"):
+        build(["shapes"], cache_dir=tmp_path, recipe=recipe)
 
 
 def test_pool_builds_missing_artefact_or_names_the_command(tmp_path):

@@ -40,7 +40,9 @@ from .tasks import TASK_NAMES, generate, prompts
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+# The generator's version: 2 gave every task its own image domain (tasks.add_frame). A folder
+# written by another version holds other images and weights under the same recipe; it is refused.
+MANIFEST_VERSION = 2
 BUILD_COMMAND = "python -m fusion_bench_larv.synth build --tasks {n}"
 
 
@@ -80,7 +82,7 @@ class Recipe:
     pretrain_label_weight: float = 1.0
     finetune_steps: int = 250
     finetune_batch: int = 64
-    finetune_lr: float = 3e-5
+    finetune_lr: float = 2.5e-5
     finetune_logit_scale: float = 100.0
     weight_decay: float = 0.1
     model: ModelSize = field(default_factory=ModelSize)
@@ -142,6 +144,16 @@ class Assets:
 
     def read_manifest(self) -> Optional[dict]:
         return json.loads(self.manifest.read_text()) if self.manifest.exists() else None
+
+    def check_version(self) -> None:
+        """Raise if the folder was written by another version of the generator."""
+        manifest = self.read_manifest()
+        found = manifest.get("version") if manifest else MANIFEST_VERSION
+        if found != MANIFEST_VERSION:
+            raise ValueError(
+                f"{self.root} was built by version {found} of the tinyclip_synth generator, this is "
+                f"version {MANIFEST_VERSION} (other images and weights); delete that folder or use another --cache-dir"
+            )
 
     def recipe(self) -> Optional[Recipe]:
         manifest = self.read_manifest()
@@ -229,6 +241,7 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
     from transformers import CLIPModel, CLIPProcessor
 
     assets = Assets(cache_dir, recipe.seed if recipe else seed)
+    assets.check_version()
     recorded = assets.recipe()
     if recipe is None:
         recipe = recorded or Recipe(seed=assets.seed)
@@ -356,6 +369,7 @@ def ensure(
 ) -> Assets:
     """Return the ``Assets`` for ``tasks``, building what is missing (or raising a clear error)."""
     assets = Assets(cache_dir, seed)
+    assets.check_version()
     missing = assets.missing(tasks, finetuned=finetuned)
     if not missing:
         return assets

@@ -291,6 +291,33 @@ def render(scene: Scene, rng) -> np.ndarray:
     return np.clip(arr, 0, 255).round().astype(np.uint8)
 
 
+# --- task domains -------------------------------------------------------------------------
+# Each task's images carry a two-ring frame whose colour pair is the task's own, so that every
+# task has its own image domain (as SUN397, SVHN, EuroSAT, ... do on TA8) while the attribute it
+# labels stays free. Ordered pairs of distinct colours of a five-colour palette give 20
+# domains: the outer ring (row and column 0 at 32 px) in the first, the inner ring in the second.
+_FRAME_PALETTE = ((230, 60, 60), (60, 200, 80), (70, 110, 240), (240, 220, 70), (200, 80, 220))
+
+
+def domain_colours(index: int) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
+    """The (outer, inner) frame colours of task number ``index`` (0-19)."""
+    n = len(_FRAME_PALETTE)
+    outer, k = divmod(int(index), n - 1)
+    if not 0 <= outer < n:
+        raise ValueError(f"no frame for task index {index}; there are {n * (n - 1)}")
+    inner = [c for c in range(n) if c != outer][k]
+    return _FRAME_PALETTE[outer], _FRAME_PALETTE[inner]
+
+
+def add_frame(images: np.ndarray, index: int) -> np.ndarray:
+    """Draw task ``index``'s frame on ``images`` (``[n, 32, 32, 3]`` uint8), in place."""
+    for ring, colour in enumerate(domain_colours(index)):
+        lo, hi = ring, IMAGE_SIZE - ring
+        images[:, lo, lo:hi] = images[:, hi - 1, lo:hi] = colour
+        images[:, lo:hi, lo] = images[:, lo:hi, hi - 1] = colour
+    return images
+
+
 # --- captions -----------------------------------------------------------------------------
 # Caption policy: the attribute a task labels (its ``focus``) is always named in that task's
 # pretraining captions; every other attribute only sometimes. Without this, colour and
@@ -619,7 +646,7 @@ def generate(task: str, split: str, n: int, seed: int, with_captions: bool = Fal
             labels.append(int(y))
             if with_captions:
                 captions.append(caption(scene, rng, (spec.focus or "identity", bool(rng.random() < spec.coverage))))
-    out = (np.stack(images), np.asarray(labels, dtype=np.int64))
+    out = (add_frame(np.stack(images), TASK_NAMES.index(task)), np.asarray(labels, dtype=np.int64))
     return (*out, captions) if with_captions else out
 
 
