@@ -1,240 +1,54 @@
 """LARV as a FusionBench algorithm: wraps ANY task-vector merger given as ``base_method``.
 
 LARV (Layer-wise Adaptive Rescaling Veneer; Wang, Deng, Dou, Bi, Lu, arXiv 2602.09413) gives
-every transformer block ℓ a data-free scale λ_ℓ computed from the weights alone and rescales
+every transformer block l a data-free scale lambda_l computed from the weights alone and rescales
 that block's task vectors (``apply: pre``) or, equivalently for mergers that are positively
 homogeneous per block, the block's merged update (``apply: post``, the default):
 
     θ = θ0 + λ ⊙ M(θ0, {τ_t})           (post)
     θ = M(θ0, {λ ⊙ τ_t})                (pre, the paper's literal "before aggregation")
 
-The definitions (diagnostics e, c, score s, gates) follow the project's LARV_SPEC; the math
-lives in ``diagnostics.py`` and ``gates.py``, the name → block → scale resolution in
-``blocks.py`` and ``veneer.py``. This module only loads, calls the base merger, applies the
-schedule, records and returns.
-
-Which defaults are the paper's: the tiered gate as the main variant, 2 or 3 levels, the
-continuous gate as an ablation. Which are ours (the paper's full text is not available):
-the tier values [0.6, 1.0, 1.2], η = 1, ρ = 0.5, the continuous gate's a = 0.5 and γ = 3, the
-LiNeS-style α = β = 0.6, ``non_block_scale`` = 1, ``source: merged`` and ``apply: post``.
+docs/method.md defines every quantity and says which choices are the paper's and which are ours.
+The math lives in ``diagnostics.py`` and ``gates.py``, the name → block → scale resolution in
+``blocks.py`` and ``schedule.py``, the settings' checks in ``settings.py`` and the checked pool in
+``watched_pool.py``. This module only loads, calls the base merger, applies the schedule,
+records and returns. The named subclasses at the end (``LARVIsoC``, ...) differ only in their
+default ``base_method``, taken from ``defaults.BASE_MERGERS``.
 """
 
 import copy
-import difflib
-import inspect
 import logging
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from fusion_bench import BaseAlgorithm, BaseModelPool, auto_register_config
 from fusion_bench.mixins import LightningFabricMixin, SimpleProfilerMixin
-from fusion_bench.utils import import_object, instantiate
+from fusion_bench.utils import instantiate
 
+from .blocks import BlockLayout, diagnostic_keys, find_blocks
 from .checkpoints import check_checkpoint, checkpoint_path, tied_groups
-from .blocks import BlockLayout, diagnostic_keys, find_blocks, validate_block_pattern
-from .diagnostics import CPU_LINALG, RANK_METHODS, block_diagnostics, process_rank_cache, rank_method_dtype
+from .defaults import BASE_MERGERS, DEFAULT_TIERS
+from .diagnostics import RANK_METHODS, block_diagnostics, combine_diagnostics, rank_method_dtype
+from .gates import GATES, TIER_ASSIGNMENTS
+from .linalg import CPU_LINALG
+from .rank_cache import process_rank_cache
 from .report import save_layer_report
-from .veneer import (
-    APPLIES,
-    CONFLICTS,
-    GATES,
-    SOURCES,
-    TIER_ASSIGNMENTS,
-    Delta,
-    LayerSchedule,
-    build_schedule,
-    check_compatible,
-    check_finite,
-    combine_diagnostics,
-    float_state_dict,
-    rescale_update_,
-    restore_,
-    snapshot,
-)
+from .schedule import APPLIES, CONFLICTS, SOURCES, LayerSchedule, build_schedule
+from .settings import (block_pattern_value, check_base_method_values, check_gate_range, check_unknown_keys,
+                       choice, real, tiers_value)
+from .state_dicts import Delta, check_compatible, check_finite, float_state_dict, rescale_update_, restore_, snapshot
+from .watched_pool import PRETRAINED, PoolModelError, aliases_any, check_half_precision, watched_pool
 
 log = logging.getLogger(__name__)
 
-PRETRAINED = "_pretrained_"
-
-# Base mergers with FusionBench's CLIP settings (task arithmetic and TIES λ = 0.3 as in
-# FusionBench's configs; Iso-C / Iso-CTS λ = 1.5 as FusionBench's docs use for CLIP, where its
-# yaml default is 1.0; TSV-M α = 1.0). The shipped config/method/larv_<name>.yaml files repeat
-# these (tests/test_method_configs.py keeps the two in agreement).
-BASE_MERGERS: Dict[str, Dict[str, Any]] = {
-    "simple_average": {"_target_": "fusion_bench.method.SimpleAverageAlgorithm"},
-    "task_arithmetic": {
-        "_target_": "fusion_bench.method.TaskArithmeticAlgorithm",
-        "scaling_factor": 0.3,
-    },
-    "ties_merging": {
-        "_target_": "fusion_bench.method.TiesMergingAlgorithm",
-        "scaling_factor": 0.3,
-        "threshold": 20,
-        "remove_keys": [],
-        "merge_func": "sum",
-    },
-    "tsvm": {
-        "_target_": "fusion_bench.method.TaskSingularVectorMerging",
-        "alpha": 1.0,
-        "exclude_keys": None,
-        "return_single_task_models": False,
-    },
-    "iso_c": {
-        "_target_": "fusion_bench.method.ISO_C_Merge",
-        "scaling_factor": 1.5,
-        "exclude_keys": None,
-    },
-    "iso_cts": {
-        "_target_": "fusion_bench.method.ISO_CTS_Merge",
-        "scaling_factor": 1.5,
-        "common_space_fraction": 0.8,
-        "exclude_keys": None,
-    },
-    "dare_task_arithmetic": {
-        "_target_": "fusion_bench.method.DareTaskArithmetic",
-        "scaling_factor": 0.3,
-        "sparsity_ratio": 0.5,
-        "only_on_linear_weights": False,
-        "rescale": True,
-    },
-    "wudi": {"_target_": "fusion_bench.method.WUDIMerging", "iter_num": 400, "exclude_keys": None},
-    "magmax": {"_target_": "fusion_bench.method.MagMaxAlgorithm", "scaling_factor": 0.5},
-}
-
-DEFAULT_TIERS = (0.6, 1.0, 1.2)
-
 
 # ----------------------------------------------------------------------------- validation
-def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def _real(key: str, value: Any, *, minimum: Optional[float] = None, positive: bool = False,
-          optional: bool = False) -> Optional[float]:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{key} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{key} must be finite, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{key} must be > 0, got {value!r}")
-    return value
-
-
-def _tiers(value: Any) -> List[float]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, ListConfig)):
-        raise TypeError(f"tiers must be a list of numbers, got {value!r}")
-    tiers = [_real(f"tiers[{i}]", v, minimum=0.0) for i, v in enumerate(value)]
-    if len(tiers) < 2:
-        raise ValueError(f"tiers needs at least 2 levels, got {list(value)!r}")
-    return tiers
-
-
-def _block_pattern(value: Any) -> Union[None, str, List[str]]:
-    if isinstance(value, ListConfig):
-        value = list(value)
-    validate_block_pattern(value)  # same checks (and messages) as find_blocks
-    return value
-
-
-# Hydra's instantiate keys: consumed by Hydra, but accepted if a caller passes them through.
-HYDRA_KEYS = ("_target_", "_recursive_", "_convert_", "_partial_", "_args_")
-
-# Numeric keys of FusionBench's mergers: checked for a number before the merger sees them.
-BASE_NUMERIC_KEYS = ("scaling_factor", "alpha", "threshold", "sparsity_ratio", "common_space_fraction",
-                     "iter_num")
-
-# Mergers that call torch.linalg.svd, which has no float16/bfloat16 kernel on CPU.
-SVD_MERGERS = ("fusion_bench.method.ISO_C_Merge", "fusion_bench.method.ISO_CTS_Merge",
-               "fusion_bench.method.TaskSingularVectorMerging")
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-class PoolModelError(ValueError):
-    """A model handed out by the pool failed LARV's checks (raised as is, never wrapped as a
-    base-merger failure)."""
-
-
 class BaseMergerError(RuntimeError):
     """The base merger failed: the message says which merger, its config and LARV's phase; the
     merger's own exception is chained (``__cause__``)."""
-
-
-def _init_keys(cls: type) -> List[str]:
-    """The named parameters of ``cls.__init__`` (auto_register_config keeps the signature)."""
-    return [name for name, p in inspect.signature(cls.__init__).parameters.items()
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-
-
-def _check_unknown_keys(cls: type, kwargs: Mapping[str, Any]) -> None:
-    """Raise ``TypeError`` for a key that neither LARV nor FusionBench's base classes take
-    (``+method.tier=...``, ``LARVIsoC(gatee=...)``), with the closest valid key."""
-    own = _init_keys(LARVAlgorithm)
-    framework = set(HYDRA_KEYS)
-    for base in cls.__mro__:
-        if base not in (LARVAlgorithm, object) and "__init__" in base.__dict__ and not issubclass(base, LARVAlgorithm):
-            framework.update(_init_keys(base))
-    unknown = [key for key in kwargs if key not in framework]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, own, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise TypeError(
-            f"{cls.__name__}: unknown key '{key}' = {kwargs[key]!r}{hint}; valid keys: {own}"
-            + (f" (also unknown: {unknown[1:]})" if len(unknown) > 1 else "")
-        )
-
-
-def _check_base_method_values(base_method: Mapping) -> None:
-    """Type-check the numeric keys of FusionBench's mergers (``scaling_factor=abc`` otherwise
-    fails deep inside the merger)."""
-    for key in BASE_NUMERIC_KEYS:
-        if key in base_method and base_method[key] is not None:
-            _real(f"base_method.{key}", base_method[key])
-
-
-def _check_gate_range(algo: "LARVAlgorithm") -> None:
-    """Refuse gate parameters that give some block λ < 0 or every block λ = 0 (the checks that
-    need the scores are in ``veneer.check_scales``)."""
-    if algo.gate == "tiered" and all(t == 0 for t in algo.tiers):
-        raise ValueError(f"tiers {algo.tiers} are all 0: every block would get λ = 0 (the pretrained "
-                         "model); give at least one tier a value > 0")
-    if algo.gate == "continuous":
-        if algo.amplitude > 1 and algo.min_scale is None:
-            raise ValueError(
-                f"amplitude {algo.amplitude} > 1 lets the continuous gate λ = 1 + a·tanh(...) reach "
-                f"1 - a = {1 - algo.amplitude} < 0 (flipped task vectors); use amplitude <= 1 or "
-                "set min_scale >= 0"
-            )
-        if algo.max_scale == 0:
-            raise ValueError("max_scale 0 gives every block λ = 0 (the pretrained model); use max_scale > 0")
-    if algo.gate == "linear_depth":
-        alpha, beta = algo.lines_alpha, algo.lines_beta
-        if alpha < 0:
-            raise ValueError(f"lines_alpha {alpha} < 0 gives the first block λ = {alpha} < 0")
-        if alpha + beta < 0:
-            raise ValueError(f"lines_alpha + lines_beta = {alpha} + {beta} < 0 gives the last block "
-                             f"λ = {alpha + beta} < 0")
-        if alpha == 0 and alpha + beta == 0:
-            raise ValueError("lines_alpha = lines_beta = 0 gives every block λ = 0 (the pretrained model)")
-
-
-def aliases_any(model: nn.Module, others: Sequence[nn.Module]) -> bool:
-    """Whether any tensor of ``model`` shares storage with a tensor of one of ``others``."""
-    if not others:
-        return False
-    storages = {t.untyped_storage().data_ptr() for m in others for t in m.state_dict().values()}
-    return any(t.untyped_storage().data_ptr() in storages for t in model.state_dict().values())
 
 
 # ----------------------------------------------------------------------------- algorithm
@@ -265,19 +79,15 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             and α + β >= 0 (every λ >= 0), not both 0.
         block_pattern: null (detect HF CLIP, open_clip or T5 blocks) or a regex / list of
             regexes with one capture group for the block index.
-        rank_method: ``exact`` (float64 Gram matrices, eigenvalues and commutator products: the
-            reference) or ``approximate`` (the same in float32: about 2x cheaper on CPU; r_eff
-            error against exact measured in docs/performance.md: <= 1e-6 relative on full-rank
-            matrices, up to ~6e-5 on exactly low-rank updates).
-        rank_cache: reuse pretrained-matrix effective ranks across runs in this process (keyed
-            by parameter name, shape, precision and a BLAKE2b digest of the weights; exact).
-        rank_cache_dir: null (memory only) or a folder where the cached ranks are also kept
-            across processes (one small JSON file per matrix, written atomically: safe for
-            concurrent multirun jobs; each checked on read, see ``diagnostics.RankCache``).
-            Created and proven writable before the base merger runs. Needs ``rank_cache: true``.
-        cpu_linalg: ``numpy`` (default: numpy's OpenBLAS/LAPACK, measured faster on CPU in
-            docs/performance.md) or ``torch``: which library does the diagnostics' products and
-            eigenvalues on CPU; the same float64 arithmetic, equal results to round-off. Other
+        rank_method: ``exact`` (float64: the reference) or ``approximate`` (float32, about 2x
+            cheaper on CPU; measured r_eff error in docs/performance.md).
+        rank_cache: reuse pretrained-matrix effective ranks across runs in this process (exact:
+            keyed by a digest of the weights, see ``rank_cache.py``).
+        rank_cache_dir: null (memory only) or a folder that also keeps them across processes
+            (atomic per-matrix files, checked on read); created and proven writable before the
+            base merger runs. Needs ``rank_cache: true``.
+        cpu_linalg: ``numpy`` (default; faster on CPU, docs/performance.md) or ``torch``: the
+            CPU library of the diagnostics (``linalg.py``), equal results to round-off. Other
             devices (the fabric's GPU) always use torch.
 
     Raises (see README "Errors"): ``TypeError`` for an unknown key (with the closest valid one)
@@ -286,6 +96,9 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
     with an SVD merger on CPU, or an unusable ``rank_cache_dir``; ``BaseMergerError`` for an
     error inside the base merger (chained).
     """
+
+    #: key of ``defaults.BASE_MERGERS`` that ``base_method`` defaults to (named subclasses)
+    merger: Optional[str] = None
 
     def __init__(
         self,
@@ -312,10 +125,10 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         cpu_linalg: str = "numpy",
         **kwargs,
     ):
-        _check_unknown_keys(type(self), kwargs)
+        check_unknown_keys(type(self), LARVAlgorithm, kwargs)
         super().__init__(**kwargs)
-        if base_method is None:
-            base_method = getattr(type(self), "default_base_method", None)
+        if base_method is None and self.merger is not None:
+            base_method = copy.deepcopy(BASE_MERGERS[self.merger])
         if base_method is None:
             raise ValueError("base_method is required: a merger config with `_target_` or a BaseAlgorithm")
         if not isinstance(base_method, BaseAlgorithm):
@@ -323,27 +136,27 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                 raise TypeError(
                     f"base_method must be a config with `_target_` or a BaseAlgorithm, got {base_method!r}"
                 )
-            _check_base_method_values(base_method)
+            check_base_method_values(base_method)
         self.base_method = base_method
-        self.gate = _choice("gate", gate, GATES)
-        self.tiers = _tiers(tiers)
-        self.tier_assignment = _choice("tier_assignment", tier_assignment, TIER_ASSIGNMENTS)
-        self.eta = _real("eta", eta)
-        self.rho = _real("rho", rho, minimum=0.0)
-        self.conflict = _choice("conflict", conflict, CONFLICTS)
-        self.source = _choice("source", source, SOURCES)
-        self.apply = _choice("apply", apply, APPLIES)
-        self.non_block_scale = _real("non_block_scale", non_block_scale, minimum=0.0)
-        self.amplitude = _real("amplitude", amplitude, minimum=0.0)
-        self.steepness = _real("steepness", steepness, positive=True)
-        self.min_scale = _real("min_scale", min_scale, minimum=0.0, optional=True)
-        self.max_scale = _real("max_scale", max_scale, minimum=0.0, optional=True)
+        self.gate = choice("gate", gate, GATES)
+        self.tiers = tiers_value(tiers)
+        self.tier_assignment = choice("tier_assignment", tier_assignment, TIER_ASSIGNMENTS)
+        self.eta = real("eta", eta)
+        self.rho = real("rho", rho, minimum=0.0)
+        self.conflict = choice("conflict", conflict, CONFLICTS)
+        self.source = choice("source", source, SOURCES)
+        self.apply = choice("apply", apply, APPLIES)
+        self.non_block_scale = real("non_block_scale", non_block_scale, minimum=0.0)
+        self.amplitude = real("amplitude", amplitude, minimum=0.0)
+        self.steepness = real("steepness", steepness, positive=True)
+        self.min_scale = real("min_scale", min_scale, minimum=0.0, optional=True)
+        self.max_scale = real("max_scale", max_scale, minimum=0.0, optional=True)
         if self.min_scale is not None and self.max_scale is not None and self.min_scale > self.max_scale:
             raise ValueError(f"min_scale ({self.min_scale}) must be <= max_scale ({self.max_scale})")
-        self.lines_alpha = _real("lines_alpha", lines_alpha)
-        self.lines_beta = _real("lines_beta", lines_beta)
-        self.block_pattern = _block_pattern(block_pattern)
-        self.rank_method = _choice("rank_method", rank_method, RANK_METHODS)
+        self.lines_alpha = real("lines_alpha", lines_alpha)
+        self.lines_beta = real("lines_beta", lines_beta)
+        self.block_pattern = block_pattern_value(block_pattern)
+        self.rank_method = choice("rank_method", rank_method, RANK_METHODS)
         if not isinstance(rank_cache, bool):
             raise TypeError(f"rank_cache must be true or false, got {rank_cache!r}")
         self.rank_cache = rank_cache
@@ -352,8 +165,8 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         if rank_cache_dir is not None and not rank_cache:
             raise ValueError(f"rank_cache_dir ({rank_cache_dir!r}) needs rank_cache: true")
         self.rank_cache_dir = rank_cache_dir
-        self.cpu_linalg = _choice("cpu_linalg", cpu_linalg, CPU_LINALG)
-        _check_gate_range(self)
+        self.cpu_linalg = choice("cpu_linalg", cpu_linalg, CPU_LINALG)
+        check_gate_range(self)
         self.schedule: Optional[LayerSchedule] = None
         self.record: Optional[Dict[str, Any]] = None
 
@@ -407,38 +220,6 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         check_finite("merged model", merged_sd)
         return merged
 
-    def _svd_merger(self) -> Optional[str]:
-        """The base merger's class path if it is one of ``SVD_MERGERS`` (else None)."""
-        if isinstance(self.base_method, BaseAlgorithm):
-            cls = type(self.base_method)
-        else:
-            try:
-                cls = import_object(str(self.base_method["_target_"]))
-            except Exception:  # an unimportable target fails, wrapped, when instantiated
-                return None
-        for target in SVD_MERGERS:
-            svd_cls = import_object(target)
-            if isinstance(cls, type) and issubclass(cls, svd_cls):
-                return target
-        return None
-
-    def _check_half_precision(self, name: str, state: Mapping[str, torch.Tensor], device) -> None:
-        """Fail first, with the fix, where an SVD merger would fail on float16/bfloat16 on CPU."""
-        if device is not None and torch.device(device).type != "cpu":
-            return
-        half = sorted({str(v.dtype) for v in state.values() if v.dtype in HALF_DTYPES})
-        if not half:
-            return
-        merger = self._svd_merger()
-        if merger is not None:
-            raise PoolModelError(
-                f"model '{name}' is in {', '.join(half)}: the base merger {merger} calls torch.linalg.svd, "
-                "which has no half-precision kernel on CPU. Load the models in float32: in Python "
-                "`model.float()` before building the pool; in a FusionBench model pool config, "
-                "`torch_dtype: float32` in the model's entry (or drop `torch_dtype: float16`); or "
-                "run on a GPU"
-            )
-
     def _check_checkpoints(self, modelpool: BaseModelPool, theta0, tied) -> List[str]:
         """Check every model the pool loads from disk against θ0, from the checkpoint files
         (``checkpoints.check_checkpoint``), before anything is merged. Returns the names whose
@@ -455,71 +236,6 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                 continue
             check_checkpoint(name, path, theta0, tied)
         return unchecked
-
-    @staticmethod
-    def _watched_pool(
-        modelpool: BaseModelPool,
-        theta0: Mapping[str, torch.Tensor],
-        scales: Optional[Mapping[str, float]] = None,
-        copy_in_memory: bool = True,
-        handed_out: Optional[Dict[str, nn.Module]] = None,
-        check_model=None,
-    ) -> BaseModelPool:
-        """A shallow copy of ``modelpool`` whose ``load_model`` checks every model it hands out.
-
-        Each model is checked against θ0 (same keys and shapes, finite values) as the base
-        merger loads it, so no model is loaded twice. With ``scales`` (the ``pre`` veneer) each
-        fine-tuned model is rescaled, θ0 + λ ⊙ τ_t, before the merger sees it.
-
-        Modules held in memory by the pool (pools loaded from disk are never copied):
-
-        * ``copy_in_memory=True``: each is deep-copied first and the pretrained model is always
-          handed out as θ0. Needed whenever LARV rescales fine-tuned models (``pre``), runs the
-          merger twice, or reads the fine-tuned models again after the merger ran (``source:
-          task_vectors``, ``conflict: pairwise``): some mergers modify their inputs in place
-          (FusionBench's simple average overwrites its first model, task arithmetic its
-          pretrained one).
-        * ``copy_in_memory=False`` (the default ``post`` + ``merged`` path, which reads only θ0,
-          already snapshotted, and the merged model): handed out as they are, exactly as the
-          bare merger sees them, and recorded in ``handed_out`` (name → module) so that the
-          caller can copy a merged model that aliases one of them before rescaling it, and
-          restore θ0 into the pretrained one afterwards.
-
-        ``check_model(name, state)``, if given, runs first on every model handed out (LARV's
-        half-precision and late checkpoint checks).
-        """
-        watched = copy.copy(modelpool)
-        load_from_source = modelpool.load_model
-
-        def load_model(model_name_or_config, *args, **kwargs):
-            model = load_from_source(model_name_or_config, *args, **kwargs)
-            name = model_name_or_config if isinstance(model_name_or_config, str) else "<config>"
-            in_memory = isinstance(model_name_or_config, str) and isinstance(
-                modelpool._models[model_name_or_config], nn.Module
-            )
-            if in_memory and copy_in_memory:
-                model = copy.deepcopy(model)
-            elif in_memory and handed_out is not None:
-                handed_out[name] = model
-            state = float_state_dict(model)
-            try:
-                if check_model is not None:
-                    check_model(name, state)
-                check_compatible(name, state, theta0)
-                if name != PRETRAINED:
-                    check_finite(name, state)
-            except ValueError as e:
-                raise PoolModelError(str(e)) from None
-            if name == PRETRAINED:
-                if in_memory and copy_in_memory:
-                    restore_(state, theta0)
-                return model
-            if scales is not None:
-                rescale_update_(state, theta0, scales)
-            return model
-
-        watched.load_model = load_model
-        return watched
 
     def _diagnostics(self, modelpool, theta0, merged_state, layout: BlockLayout, device):
         """Block diagnostics from the merged update or from the task vectors (``source``).
@@ -595,12 +311,12 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             theta0 = snapshot(float_state_dict(pretrained))
             del pretrained
         check_finite(PRETRAINED, theta0)
-        self._check_half_precision(PRETRAINED, theta0, device)
+        check_half_precision(self.base_method, PRETRAINED, theta0, device)
         # Checkpoints on disk: compared with θ0 from their files, before anything is merged
         unchecked = set(self._check_checkpoints(modelpool, theta0, tied))
 
         def check_model(name: str, state: Mapping[str, torch.Tensor]) -> None:
-            self._check_half_precision(name, state, device)
+            check_half_precision(self.base_method, name, state, device)
             if name in unchecked:  # a hub download the pool just made: its files are here now
                 path = checkpoint_path(modelpool._models[name])
                 if path is not None:
@@ -611,10 +327,10 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         log.info("LARV: %d blocks (%s), %d parameters outside them", layout.num_blocks,
                  layout.blocks[0].prefix, len(layout.non_block_keys))
         # Copies of in-memory input models are needed only where LARV rescales them, runs the
-        # merger twice or reads them again after the merger (see _watched_pool).
+        # merger twice or reads them again after the merger (see watched_pool.watched_pool).
         copy_inputs = self.apply == "pre" or self.source == "task_vectors" or self.conflict == "pairwise"
         handed_out: Dict[str, nn.Module] = {}
-        watched = self._watched_pool(modelpool, theta0, copy_in_memory=copy_inputs, handed_out=handed_out,
+        watched = watched_pool(modelpool, theta0, copy_in_memory=copy_inputs, handed_out=handed_out,
                                      check_model=check_model)
 
         merged = None
@@ -650,7 +366,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             else:
                 del merged, merged_state
                 merged = self._run_base(
-                    self._watched_pool(modelpool, theta0, schedule.scales, check_model=check_model), theta0,
+                    watched_pool(modelpool, theta0, schedule.scales, check_model=check_model), theta0,
                     "merging the rescaled fine-tuned models θ0 + λ ⊙ τ_t (apply: pre)")
 
         self.schedule = schedule
@@ -672,39 +388,66 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
 
 
 # ----------------------------------------------------------------------------- named variants
-def _variant(class_name: str, merger: str, title: str) -> type:
-    cls = type(
-        class_name,
-        (LARVAlgorithm,),
-        {
-            "__doc__": f"LARV around {title} (base merger defaults: FusionBench's CLIP settings, "
-            f"``{BASE_MERGERS[merger]['_target_']}``).",
-            "default_base_method": BASE_MERGERS[merger],
-            "__module__": __name__,
-        },
-    )
-    return cls
+# One per config/method/larv_<merger>.yaml; `base_method` defaults to defaults.BASE_MERGERS[merger].
 
 
-LARVSimpleAverage = _variant("LARVSimpleAverage", "simple_average", "simple averaging")
-LARVTaskArithmetic = _variant("LARVTaskArithmetic", "task_arithmetic", "Task Arithmetic")
-LARVTiesMerging = _variant("LARVTiesMerging", "ties_merging", "TIES merging")
-LARVTSVM = _variant("LARVTSVM", "tsvm", "TSV-M (task singular vectors)")
-LARVIsoC = _variant("LARVIsoC", "iso_c", "Iso-C (isotropic merging in common subspace)")
-LARVIsoCTS = _variant("LARVIsoCTS", "iso_cts", "Iso-CTS (common and task-specific subspaces)")
-LARVDareTaskArithmetic = _variant("LARVDareTaskArithmetic", "dare_task_arithmetic", "DARE + Task Arithmetic")
-LARVWUDI = _variant("LARVWUDI", "wudi", "WUDI merging")
-LARVMagMax = _variant("LARVMagMax", "magmax", "MagMax")
+class LARVSimpleAverage(LARVAlgorithm):
+    """LARV around simple averaging."""
 
-#: config name (config/method/larv_<name>.yaml) -> class
+    merger = "simple_average"
+
+
+class LARVTaskArithmetic(LARVAlgorithm):
+    """LARV around Task Arithmetic."""
+
+    merger = "task_arithmetic"
+
+
+class LARVTiesMerging(LARVAlgorithm):
+    """LARV around TIES merging."""
+
+    merger = "ties_merging"
+
+
+class LARVTSVM(LARVAlgorithm):
+    """LARV around TSV-M (task singular vectors)."""
+
+    merger = "tsvm"
+
+
+class LARVIsoC(LARVAlgorithm):
+    """LARV around Iso-C (isotropic merging in the common subspace)."""
+
+    merger = "iso_c"
+
+
+class LARVIsoCTS(LARVAlgorithm):
+    """LARV around Iso-CTS (common and task-specific subspaces)."""
+
+    merger = "iso_cts"
+
+
+class LARVDareTaskArithmetic(LARVAlgorithm):
+    """LARV around DARE + Task Arithmetic."""
+
+    merger = "dare_task_arithmetic"
+
+
+class LARVWUDI(LARVAlgorithm):
+    """LARV around WUDI merging."""
+
+    merger = "wudi"
+
+
+class LARVMagMax(LARVAlgorithm):
+    """LARV around MagMax."""
+
+    merger = "magmax"
+
+
+#: config name (config/method/larv_<merger>.yaml) -> class
 LARV_METHODS: Dict[str, type] = {
-    "larv_simple_average": LARVSimpleAverage,
-    "larv_task_arithmetic": LARVTaskArithmetic,
-    "larv_ties_merging": LARVTiesMerging,
-    "larv_tsvm": LARVTSVM,
-    "larv_iso_c": LARVIsoC,
-    "larv_iso_cts": LARVIsoCTS,
-    "larv_dare_task_arithmetic": LARVDareTaskArithmetic,
-    "larv_wudi": LARVWUDI,
-    "larv_magmax": LARVMagMax,
+    f"larv_{cls.merger}": cls
+    for cls in (LARVSimpleAverage, LARVTaskArithmetic, LARVTiesMerging, LARVTSVM, LARVIsoC, LARVIsoCTS,
+                LARVDareTaskArithmetic, LARVWUDI, LARVMagMax)
 }

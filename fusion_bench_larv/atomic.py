@@ -3,11 +3,12 @@
 A file is written to a temporary name in its destination folder, flushed to disk and renamed
 over the destination (``os.replace``, atomic on POSIX), so a reader sees the old file, the
 new one, or none, never a half-written one, and a crash leaves at most a hidden ``.<name>.*.tmp``
-file. The temporary file is created with mode ``0o666`` minus the process umask, like a plain
+file. :func:`atomic_dir` does the same for a folder written by another library (a data set's
+``save_to_disk``). The temporary file is created with mode ``0o666`` minus the process umask, like a plain
 ``open(path, "w")`` (and so like FusionBench's own reports: 0644 under the usual umask 022),
 not with ``tempfile.mkstemp``'s private 0600.
 
-    from fusion_bench_larv.atomic import atomic_write_bytes, atomic_write_text, atomic_write_json
+    from fusion_bench_larv.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -62,3 +65,25 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8", durabl
 def atomic_write_json(path: PathLike, obj: Any, durable: bool = True, **dump_kwargs: Any) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; ``dump_kwargs`` go to :func:`json.dumps`."""
     return atomic_write_text(path, json.dumps(obj, **dump_kwargs), durable=durable)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike, exist_ok: bool = False) -> Iterator[Path]:
+    """Yield a new temporary folder next to ``path``; it is renamed to ``path`` when the block
+    succeeds and removed in any case.
+
+    With ``exist_ok`` a folder that another process put at ``path`` meanwhile is kept (the rename
+    fails and this one is dropped); otherwise that failure is raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (exist_ok and path.is_dir()):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,14 +1,19 @@
-"""LARV gates: per-block scores -> per-block scales ``lambda_l``.
+"""LARV's scores and gates: block diagnostics -> score ``s_l`` -> scale ``lambda_l``.
 
-LARV (Wang et al., arXiv 2602.09413) turns the block scores ``s_l`` of ``diagnostics`` into scales
-of the blocks' task vectors. Rules (``L`` blocks, depth ``l = 0..L-1``):
+Everything that turns the per-block ``e`` and ``c`` of :mod:`fusion_bench_larv.diagnostics` into
+scales lives here (docs/method.md has the definitions and whose each choice is). ``L`` blocks,
+depth ``l = 0..L-1``:
 
+* Standardisation: ``z_l = (c_l - mean c) / std c`` over the scored blocks (population std),
+  ``z = 0`` when ``std < 1e-12``.
+* Composite score: ``s_l = e_l^eta ((l + 1) / L)^rho / (1 + softplus(z_l))``; ``eta = 1`` and
+  ``rho = 0.5`` are ours.
 * ``tiered`` (the paper's main variant): ``k = len(tiers) >= 2`` levels. The ``n`` valid blocks
   are ranked by ascending score, ties broken shallower first, rank ``r = 0..n-1``; the block's
   tier is ``floor(r * k / n)`` and ``lambda_l = tiers[tier]``. For 12 blocks and 3 tiers the 4
   lowest-scored blocks get ``tiers[0]``. ``assignment="depth"`` ranks by depth instead (a
-  depth-only ablation). The tiered scheme is the paper's; the default levels ``[0.6, 1.0, 1.2]``
-  (3 tiers) and ``[0.8, 1.2]`` (2 tiers) are ours: the paper's values are not available to us.
+  depth-only ablation). The tiered scheme is the paper's; the default levels
+  (``defaults.DEFAULT_TIERS``, ``defaults.TWO_LEVEL_TIERS``) are ours.
 * ``continuous`` (the paper's ablation): ``s~_l = s_l / median(s)`` (the median of the valid
   scores, averaging the two middle values for an even count), ``lambda_l = 1 + a tanh(gamma
   (s~_l - 1))``, optionally clamped to ``[min_scale, max_scale]``. The ``tanh`` form and the
@@ -19,18 +24,35 @@ of the blocks' task vectors. Rules (``L`` blocks, depth ``l = 0..L-1``):
 * ``identity``: ``lambda_l = 1``.
 
 Invalid blocks (by default those with a non-finite score, i.e. LARV's zero-update blocks) take no
-part in ranking or in the median and get ``lambda = 1`` (tier index -1).
+part in standardisation, ranking or the median and get ``lambda = 1`` (tier index -1).
+:func:`gate_scales` picks the gate by name; :func:`check_scales` is the last check before any
+weight is scaled.
 """
 
 import math
 from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["tiered_scales", "continuous_scales", "linear_depth_scales", "identity_scales"]
+__all__ = [
+    "GATES",
+    "TIER_ASSIGNMENTS",
+    "standardize",
+    "composite_score",
+    "tiered_scales",
+    "continuous_scales",
+    "linear_depth_scales",
+    "identity_scales",
+    "gate_scales",
+    "check_scales",
+]
 
-ASSIGNMENTS = ("score", "depth")
+#: the gates (``gate``) and the ways to assign tiers (``tier_assignment``): the one definition
+GATES: Tuple[str, ...] = ("tiered", "continuous", "linear_depth", "identity")
+TIER_ASSIGNMENTS: Tuple[str, ...] = ("score", "depth")
+STD_FLOOR = 1e-12
 
 
 def _scores_and_mask(scores: Tensor, valid: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -58,6 +80,96 @@ def _check_num_blocks(num_blocks) -> int:
     if num_blocks < 1:
         raise ValueError(f"num_blocks must be >= 1, got {num_blocks!r}")
     return num_blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+# ---------------------------------------------------------------------------------------------
+
+
+def _valid_mask(values: Tensor, valid: Optional[Tensor], name: str) -> Tensor:
+    if valid is None:
+        return torch.isfinite(values)
+    valid = torch.as_tensor(valid, device=values.device)
+    if valid.dtype != torch.bool or valid.shape != values.shape:
+        raise ValueError(f"valid must be a bool tensor of shape {tuple(values.shape)} like "
+                         f"{name}, got {valid.dtype} {tuple(valid.shape)}")
+    return valid
+
+
+def standardize(c: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """``z = (c - mean c) / std c`` over the valid blocks (population std).
+
+    Args:
+        c: ``(L,)`` commutator coefficients.
+        valid: ``(L,)`` bool mask of the blocks that take part; default: the finite entries.
+
+    Returns:
+        ``(L,)`` float64; ``z = 0`` for every valid block when ``std < 1e-12``; NaN for invalid
+        blocks (so that a missing value can never pass for an average one).
+    """
+    c = torch.as_tensor(c, dtype=torch.float64)
+    if c.ndim != 1:
+        raise ValueError(f"c must be a 1-D tensor, got shape {tuple(c.shape)}")
+    valid = _valid_mask(c, valid, "c")
+    z = torch.full_like(c, math.nan)
+    if not bool(valid.any()):
+        return z
+    values = c[valid]
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"c must be finite on the valid blocks, got {c.tolist()}")
+    std = values.std(correction=0)
+    if float(std) < STD_FLOOR:
+        z[valid] = 0.0
+    else:
+        z[valid] = (values - values.mean()) / std
+    return z
+
+
+def composite_score(
+    e: Tensor,
+    z: Tensor,
+    *,
+    eta: float = 1.0,
+    rho: float = 0.5,
+    valid: Optional[Tensor] = None,
+) -> Tensor:
+    """``s_l = e_l^eta * ((l + 1) / L)^rho / (1 + softplus(z_l))``, ``L = len(e)``.
+
+    ``L`` counts every block, zero-update ones included, so the depth prior of a block does not
+    depend on which other blocks were updated.
+
+    Args:
+        e: ``(L,)`` effective-rank contrasts.
+        z: ``(L,)`` standardised commutator coefficients.
+        eta: exponent of ``e`` (default 1: ours).
+        rho: exponent of the depth prior (default 0.5: ours; 0 removes the prior).
+        valid: ``(L,)`` bool mask; default: blocks where both ``e`` and ``z`` are finite.
+
+    Returns:
+        ``(L,)`` float64 scores, NaN for invalid blocks.
+    """
+    e = torch.as_tensor(e, dtype=torch.float64)
+    z = torch.as_tensor(z, dtype=torch.float64)
+    if e.ndim != 1 or e.shape != z.shape:
+        raise ValueError(f"e and z must be 1-D of the same length, got {tuple(e.shape)} and "
+                         f"{tuple(z.shape)}")
+    for name, value in (("eta", eta), ("rho", rho)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if valid is None:
+        valid = torch.isfinite(e) & torch.isfinite(z)
+    else:
+        valid = _valid_mask(e, valid, "e")
+    num_blocks = e.shape[0]
+    depth = torch.arange(1, num_blocks + 1, dtype=torch.float64) / max(num_blocks, 1)
+    scores = e.pow(eta) * depth.pow(rho) / (1 + F.softplus(z))
+    return torch.where(valid, scores, torch.full_like(scores, math.nan))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gates
+# ---------------------------------------------------------------------------------------------
 
 
 def tiered_scales(
@@ -93,8 +205,8 @@ def tiered_scales(
         raise ValueError(f"tiers must hold at least 2 levels, got {list(tiers)!r}")
     if not all(math.isfinite(t) and t >= 0 for t in levels):
         raise ValueError(f"tiers must be finite and >= 0, got {list(tiers)!r}")
-    if assignment not in ASSIGNMENTS:
-        raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+    if assignment not in TIER_ASSIGNMENTS:
+        raise ValueError(f"assignment must be one of {TIER_ASSIGNMENTS}, got {assignment!r}")
 
     candidates = valid.nonzero().flatten().tolist()
     if assignment == "score":
@@ -189,3 +301,50 @@ def linear_depth_scales(num_blocks: int, *, alpha: float = 0.6, beta: float = 0.
 def identity_scales(num_blocks: int) -> Tensor:
     """``lambda_l = 1`` for every block: the base merger unchanged."""
     return torch.ones(_check_num_blocks(num_blocks), dtype=torch.float64)
+
+
+def gate_scales(
+    s: Tensor,
+    valid: Tensor,
+    *,
+    gate: str,
+    tiers: Sequence[float],
+    tier_assignment: str,
+    amplitude: float,
+    steepness: float,
+    min_scale: Optional[float],
+    max_scale: Optional[float],
+    lines_alpha: float,
+    lines_beta: float,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Turn scores into per-block scales with the chosen gate. Returns (λ, tier or None)."""
+    num_blocks = s.numel()
+    if gate == "tiered":
+        return tiered_scales(s, tiers, valid=valid, assignment=tier_assignment)
+    if gate == "continuous":
+        lam = continuous_scales(
+            s, amplitude=amplitude, steepness=steepness,
+            min_scale=min_scale, max_scale=max_scale, valid=valid,
+        )
+        return lam, None
+    if gate == "linear_depth":
+        return linear_depth_scales(num_blocks, alpha=lines_alpha, beta=lines_beta), None
+    if gate == "identity":
+        return identity_scales(num_blocks), None
+    raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+
+
+def check_scales(block_scales: Tensor, valid: Tensor, gate: str) -> None:
+    """The final check before anything is scaled: every λ finite and >= 0, and at least one
+    scored block with λ > 0 (else the merge would be the pretrained model, silently)."""
+    values = block_scales.tolist()
+    bad = [(i, v) for i, v in enumerate(values) if not math.isfinite(v) or v < 0]
+    if bad:
+        raise ValueError(
+            f"gate {gate!r} gave block {bad[0][0]} the scale λ = {bad[0][1]!r}; every λ must be finite "
+            f"and >= 0 (λ < 0 flips a task vector). Scales: {values}"
+        )
+    if not any(v > 0 for v, ok in zip(values, valid.tolist()) if ok):
+        raise ValueError(
+            f"gate {gate!r} gave every block λ = 0: the merge would be the pretrained model. Scales: {values}"
+        )

@@ -29,8 +29,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Dict, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -43,6 +41,8 @@ from fusion_bench.compat.taskpool.flan_t5_glue_text_generation import (
     FlanT5GLUETextGenerationTaskPool,
 )
 from fusion_bench.tasks.flan_t5_text_generation.glue_load_dataset import _load_glue_dataset
+
+from .atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +164,9 @@ class FlanT5GLUETaskPool(FlanT5GLUETextGenerationTaskPool):
             log.info("GLUE %s: reading the tokenized data from %s", glue_name, path)
             return load_from_disk(path)
         dataset = _load_glue_dataset(glue_name, self.tokenizer)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(path))
-        try:
-            dataset.save_to_disk(tmp)
-            os.replace(tmp, path)
-            log.info("GLUE %s: tokenized data cached at %s", glue_name, path)
-        except OSError:
-            if not os.path.isdir(path):  # not another job that finished first
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(path, exist_ok=True) as tmp:  # another job may have finished first
+            dataset.save_to_disk(str(tmp))
+        log.info("GLUE %s: tokenized data cached at %s", glue_name, path)
         return load_from_disk(path)
 
     def evaluate(self, model, name: str = None) -> Dict[str, Any]:

@@ -46,6 +46,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import atomic_write_bytes
+from .job_reports import REPORT_NAME, accuracies, overrides_to_dict, read_json, read_report
+from .plots import save_figure, tier_figure
+
 try:  # Hydra is always there under `fusion_bench`; keep the module importable without it
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover
@@ -56,7 +60,6 @@ log = logging.getLogger("fusion_bench_larv")
 RESOLVER = "larv.job_log_dir"
 JOB_RECORD = "sweep_job.json"
 SUMMARY_CSV, SUMMARY_MD, HEATMAP = "sweep_summary.csv", "sweep_summary.md", "sweep_heatmap"
-REPORT_NAME = "program_report.json"
 #: LARV hyperparameters shown per job (from its larv_layers.json)
 LARV_KEYS = ("gate", "tiers", "tier_assignment", "eta", "rho", "conflict", "source", "apply", "non_block_scale",
              "amplitude", "steepness", "min_scale", "max_scale", "lines_alpha", "lines_beta")
@@ -89,33 +92,8 @@ register_resolvers()
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_json(path: Path) -> Optional[Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_report(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
-    """A FusionBench report from a ``program_report.json`` or a folder that holds one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / REPORT_NAME
-    report = _read_json(path)
-    return report if isinstance(report, dict) else None
-
-
-def accuracies(report: Optional[Dict[str, Any]]) -> "Dict[str, float]":
-    """``{task: accuracy, ..., "average": accuracy}`` of a report (either layout), as saved."""
-    from .tables import task_metrics
-
-    return {k: v["accuracy"] for k, v in task_metrics(report or {}).items()}
-
-
 def _parse_overrides(overrides: Sequence[str]) -> Dict[str, str]:
-    from .tables import _overrides_to_dict
-
-    return _overrides_to_dict(overrides)
+    return overrides_to_dict(overrides)
 
 
 def _number(text: Any) -> Optional[float]:
@@ -175,7 +153,7 @@ def run_summary_lines(report: Dict[str, Any], record: Dict[str, Any], log_dir: P
 # ----------------------------------------------------------------------------- the sweep
 def load_records(sweep_dir: Path) -> List[Dict[str, Any]]:
     """The job records of a sweep (``<sweep dir>/<subdir>/sweep_job.json``), by job number."""
-    records = [r for r in (_read_json(p) for p in Path(sweep_dir).glob(f"*/{JOB_RECORD}")) if isinstance(r, dict)]
+    records = [r for r in (read_json(p) for p in Path(sweep_dir).glob(f"*/{JOB_RECORD}")) if isinstance(r, dict)]
     return sorted(records, key=lambda r: (r.get("job_num") is None, r.get("job_num"), str(r.get("output_dir"))))
 
 
@@ -216,7 +194,7 @@ def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str,
             for task, value in acc.items():
                 if task in baseline:
                     row[f"delta_{task}"] = value - baseline[task]
-        record = _read_json(Path(rec["log_dir"]) / "larv_layers.json") if rec.get("larv") and rec.get("log_dir") else None
+        record = read_json(Path(rec["log_dir"]) / "larv_layers.json") if rec.get("larv") and rec.get("log_dir") else None
         if row["status"] == "completed" and isinstance(record, dict):
             row["base_merger"] = base_merger_label(record)
             row.update({f"larv.{k}": json.dumps(v) if isinstance(v, list) else v
@@ -311,8 +289,6 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, baseline: Optional[str] = 
 
     Returns ``{"rows", "columns", "swept", "baseline", "heatmap", "markdown", "paths"}``.
     """
-    from .report import atomic_write_bytes
-
     sweep_dir = Path(sweep_dir)
     base_acc = accuracies(read_report(baseline)) if baseline else None
     with _locked(sweep_dir / ".sweep_summary.lock"):
@@ -347,12 +323,10 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, baseline: Optional[str] = 
 
 
 def save_heatmap(grid, out: Path, delta: bool, baseline: Optional[str]) -> Dict[str, Any]:
-    """Draw the grid with :func:`fusion_bench_larv.tables.tier_figure` (the Figure 4 heatmap)
+    """Draw the grid with :func:`fusion_bench_larv.plots.tier_figure` (the Figure 4 heatmap)
     and save it; the PNG's ``larv_heatmap`` text chunk holds the matrix read back from the
     figure's image."""
     import numpy as np
-
-    from .tables import save_figure, tier_figure
 
     ylabel, xlabel, ys, xs, matrix = grid
     quantity = "Δ average accuracy vs baseline (points)" if delta else "average accuracy (%)"
@@ -417,7 +391,7 @@ class LARVSweepCallback(Callback):
         target = str(OmegaConf.select(config, "method._target_", default="") or "")
         is_larv = target.startswith("fusion_bench_larv.")
         if status == "completed" and is_larv and log_dir is not None:
-            record = _read_json(log_dir / "larv_layers.json")
+            record = read_json(log_dir / "larv_layers.json")
             report = read_report(report_path) if report_path is not None else None
             if isinstance(record, dict) and report is not None:
                 for line in run_summary_lines(report, record, log_dir, report_path):
@@ -435,7 +409,5 @@ class LARVSweepCallback(Callback):
             "output_dir": str(config.hydra.runtime.output_dir),
             "error": None if error is None else f"{type(error).__name__}: {error}",
         }
-        from .report import atomic_write_bytes
-
         atomic_write_bytes(Path(record["output_dir"]) / JOB_RECORD, json.dumps(record, indent=2).encode())
         write_sweep_summary(Path(str(config.hydra.sweep.dir)), self.baseline)

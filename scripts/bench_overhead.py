@@ -114,7 +114,7 @@ def make_fabric(device: str):
 
 def make_bare(merger: str, fabric):
     from fusion_bench.utils import instantiate
-    from fusion_bench_larv.algorithm import BASE_MERGERS
+    from fusion_bench_larv.defaults import BASE_MERGERS
 
     algo = instantiate(BASE_MERGERS[merger], _recursive_=False)
     algo._fabric_instance = fabric
@@ -122,7 +122,8 @@ def make_bare(merger: str, fabric):
 
 
 def make_larv(merger: str, fabric, args):
-    from fusion_bench_larv.algorithm import BASE_MERGERS, LARVAlgorithm
+    from fusion_bench_larv.algorithm import LARVAlgorithm
+    from fusion_bench_larv.defaults import BASE_MERGERS
 
     algo = LARVAlgorithm(base_method=BASE_MERGERS[merger], rank_method=args.rank_method,
                          rank_cache=args.rank_cache != "off", cpu_linalg=args.cpu_linalg)
@@ -131,7 +132,7 @@ def make_larv(merger: str, fabric, args):
 
 
 def clear_rank_cache() -> None:
-    from fusion_bench_larv.diagnostics import process_rank_cache
+    from fusion_bench_larv.rank_cache import process_rank_cache
 
     process_rank_cache().clear()
 
@@ -149,7 +150,7 @@ def sync(device: str) -> None:
 
 def restore(model: torch.nn.Module, snapshot: Dict[str, torch.Tensor]) -> None:
     """Bare mergers write the merged weights into the pool's pretrained model: undo that."""
-    from fusion_bench_larv.veneer import restore_
+    from fusion_bench_larv.state_dicts import restore_
 
     restore_(model.state_dict(), snapshot)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 
+from fusion_bench_larv.paper.reproduce import fusion_bench_executable  # noqa: F401 (the tests' CLI)
 from fusion_bench_larv.synth.build import Assets, Recipe, build
 from hub_fixture import HubCache, build_hub_cache
 from fusion_bench_larv.synth.model import ModelSize
@@ -75,11 +75,6 @@ def compose_config(config_dir, overrides: Sequence[str] = ()):
         GlobalHydra.instance().clear()
 
 
-def fusion_bench_executable() -> str:
-    exe = Path(sys.executable).with_name("fusion_bench")
-    return str(exe) if exe.exists() else (shutil.which("fusion_bench") or "fusion_bench")
-
-
 def run_fusion_bench(overrides: Sequence[str], log_dir: Path, timeout: float = 300, cwd: Optional[Path] = None) -> dict:
     """Run the real ``fusion_bench`` CLI offline; return the parsed ``program_report.json``.
 
@@ -87,7 +82,7 @@ def run_fusion_bench(overrides: Sequence[str], log_dir: Path, timeout: float = 3
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [fusion_bench_executable(), *overrides, f"path.log_dir={log_dir}", "print_config=false"]
+    cmd = [*fusion_bench_executable(), *overrides, f"path.log_dir={log_dir}", "print_config=false"]
     env = {**os.environ, **OFFLINE_ENV}
     proc = subprocess.run(cmd, cwd=cwd or log_dir, env=env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
@@ -102,7 +97,7 @@ def run_fusion_bench_failing(overrides: Sequence[str], log_dir: Path, timeout: f
     output (stdout + stderr)."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [fusion_bench_executable(), *overrides, f"path.log_dir={log_dir}"]
+    cmd = [*fusion_bench_executable(), *overrides, f"path.log_dir={log_dir}"]
     proc = subprocess.run(cmd, cwd=log_dir, env={**os.environ, **OFFLINE_ENV},
                           capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr

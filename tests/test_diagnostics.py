@@ -16,21 +16,17 @@ import torch.nn.functional as F
 
 from fusion_bench_larv.blocks import find_blocks
 from fusion_bench_larv.diagnostics import (
-    CPU_LINALG,
     RANK_METHODS,
     BlockDiagnostics,
-    RankCache,
     block_diagnostics,
     commutator_coefficient,
-    composite_score,
     effective_rank,
-    process_rank_cache,
-    rank_cache_key,
     rank_contrast,
     rank_method_dtype,
-    standardize,
-    tensor_fingerprint,
 )
+from fusion_bench_larv.gates import composite_score, standardize
+from fusion_bench_larv.linalg import CPU_LINALG
+from fusion_bench_larv.rank_cache import RankCache, process_rank_cache, rank_cache_key, tensor_fingerprint
 
 EPS = 1e-8
 REL = 1e-6

@@ -22,12 +22,14 @@ from safetensors.torch import load_file, save_file
 
 import fusion_bench_larv.algorithm as algorithm_module
 from conftest import run_fusion_bench_failing
-from fusion_bench_larv.algorithm import BASE_MERGERS, BaseMergerError, LARVAlgorithm, LARVIsoC
+from fusion_bench_larv.algorithm import BaseMergerError, LARVAlgorithm, LARVIsoC
 from fusion_bench_larv.atomic import atomic_write_json
 from fusion_bench_larv.blocks import find_blocks
-from fusion_bench_larv.diagnostics import RankCache, block_diagnostics
+from fusion_bench_larv.defaults import BASE_MERGERS
+from fusion_bench_larv.diagnostics import block_diagnostics
+from fusion_bench_larv.gates import check_scales
+from fusion_bench_larv.rank_cache import RankCache
 from fusion_bench_larv.report import save_layer_report
-from fusion_bench_larv.veneer import check_scales
 from tiny_models import NUM_LAYERS, TinyPool
 
 LAYER = "vision_model.encoder.layers"
@@ -188,7 +190,7 @@ def test_a_bad_rank_cache_entry_is_recomputed_and_rewritten_with_one_warning(
 
 def test_a_cache_with_every_rank_multiplied_by_50_no_longer_changes_the_merge(pools, tmp_path, caplog):
     """The reported case, through LARV: valid JSON with r_eff x 50 moved e and reordered tiers."""
-    from fusion_bench_larv.diagnostics import process_rank_cache
+    from fusion_bench_larv.rank_cache import process_rank_cache
 
     directory = tmp_path / "ranks"
     first = larv(rank_cache_dir=str(directory))
@@ -520,6 +522,6 @@ def test_every_file_we_write_follows_the_umask(filled_cache, tmp_path, umask_027
 
 def test_programs_write_job_records_with_the_shared_helper():
     import fusion_bench_larv.atomic as atomic
-    import fusion_bench_larv.programs as programs
+    import fusion_bench_larv.paper.programs as programs
 
     assert programs.atomic_write_json is atomic.atomic_write_json

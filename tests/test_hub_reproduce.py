@@ -4,7 +4,7 @@ Each experiment runs FusionBench's real pools (and our task pools where we repla
 cut to a handful of jobs with the command-line filters, into one output folder as on a GPU box.
 ``make-larv-tables`` then renders that folder once, and each test reads its experiment's table
 (or CSV, or figure) and checks the cells against the jobs' own ``program_report.json`` /
-``larv_layers.json``, read here independently of ``fusion_bench_larv.tables``. The evaluating
+``larv_layers.json``, read here independently of ``fusion_bench_larv.paper.tables``. The evaluating
 experiments get ``--plumbing`` data-loader workers 0 (not part of a job's identity), as
 docs/reproducing.md suggests for small CPU machines: FusionBench's default of 8 worker
 processes per task is what the users' commands in ``test_hub_cli.py`` run with.

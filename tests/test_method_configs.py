@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from conftest import compose_config
 
 from fusion_bench.utils import instantiate
-from fusion_bench_larv.algorithm import BASE_MERGERS, LARV_METHODS, LARVAlgorithm
+from fusion_bench_larv.algorithm import LARV_METHODS, LARVAlgorithm
+from fusion_bench_larv.defaults import BASE_MERGERS
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 METHOD_CONFIGS = sorted(p.stem for p in (REPO_CONFIG / "method").glob("larv_*.yaml"))
@@ -63,5 +64,6 @@ def test_every_key_is_overridable_from_the_command_line():
 
 def test_bad_value_from_the_command_line_names_the_key():
     cfg = compose_method("larv_tsvm", "method.gate=stepwise")
-    with pytest.raises(Exception, match="gate"):
+    with pytest.raises(ValueError, match=r"gate must be one of \['tiered', 'continuous', 'linear_depth', "
+                                         r"'identity'\], got 'stepwise'"):
         instantiate(cfg, _recursive_=False)

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config
-from fusion_bench_larv import programs, reproduce
-from fusion_bench_larv.reproduce import MERGERS
+from fusion_bench_larv import job_reports
+from fusion_bench_larv.paper import jobs as paper_jobs
+from fusion_bench_larv.paper import programs, reproduce
+from fusion_bench_larv.paper.experiments import MERGERS
 
 REPO = Path(__file__).resolve().parents[1]
 ALIASES8 = ["clip-vit-base-patch32_TA8", "clip-vit-base-patch16_TA8", "clip-vit-large-patch14_TA8"]
@@ -123,7 +125,7 @@ def test_main_table_is_36_runs(capsys):
     iso = [j for j in jobs if j["method"] == "isotropic_merging/iso_c"]
     assert {j["method.scaling_factor"] for j in iso} == {"1.5"}
     for c in commands:
-        assert "_target_=fusion_bench_larv.programs.ResumableFusionProgram" in c
+        assert "_target_=fusion_bench_larv.paper.programs.ResumableFusionProgram" in c
         assert "${hydra:job.override_dirname}" in c
 
 
@@ -254,19 +256,19 @@ def test_launcher_and_plumbing_flags(capsys):
 
 
 def test_group_into_sweeps_never_adds_jobs():
-    J = reproduce._job
+    J = paper_jobs.job
     jobs = [J(("modelpool", "a"), ("method", "x")), J(("modelpool", "b"), ("method", "x")),
             J(("modelpool", "a"), ("method", "y"))]  # not a full product
-    sweeps = reproduce.group_into_sweeps("t", jobs, ("method", "modelpool"))
+    sweeps = paper_jobs.group_into_sweeps("t", jobs, ("method", "modelpool"))
     expanded = [tuple(sorted(zip(s.keys, combo))) for s in sweeps
                 for combo in itertools.product(*(s.values[k] for k in s.keys))]
     assert sorted(expanded) == sorted(tuple(sorted(j.overrides)) for j in jobs)
     full = jobs + [J(("modelpool", "b"), ("method", "y"))]
-    assert len(reproduce.group_into_sweeps("t", full, ("method", "modelpool"))) == 1
+    assert len(paper_jobs.group_into_sweeps("t", full, ("method", "modelpool"))) == 1
     # a group is not swept together with overrides of its sub-keys (Hydra's master config)
-    assert len(reproduce.group_into_sweeps("t", full, ("method", "modelpool"), ["taskpool.tasks"])) == 2
+    assert len(paper_jobs.group_into_sweeps("t", full, ("method", "modelpool"), ["taskpool.tasks"])) == 2
     with_sub = [J(("modelpool", "a"), ("method", m), ("method.scaling_factor", "0.3")) for m in ("x", "y")]
-    assert [s.values["method"] for s in reproduce.group_into_sweeps("t", with_sub, ("method",))] == [["x"], ["y"]]
+    assert [s.values["method"] for s in paper_jobs.group_into_sweeps("t", with_sub, ("method",))] == [["x"], ["y"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,10 +280,6 @@ def _compose(overrides):
     from importlib.util import find_spec
 
     return compose_config(list(find_spec("fusion_bench_config").submodule_search_locations)[0], overrides)
-
-
-def _larv_configs_available():
-    return (REPO / "config" / "method" / "larv_iso_c.yaml").exists()
 
 
 @pytest.mark.parametrize("argv", [
@@ -296,8 +294,6 @@ def _larv_configs_available():
 def test_every_sweep_composes_like_hydra_multirun(capsys, argv):
     """Compose each printed command the way Hydra's multirun does: the master config (groups at
     their defaults + every fixed override), then every job's config from its overrides."""
-    if not _larv_configs_available():
-        pytest.skip("LARV method configs not there yet")
     from importlib.util import find_spec
 
     from hydra import initialize_config_dir
@@ -333,13 +329,16 @@ def test_every_sweep_composes_like_hydra_multirun(capsys, argv):
 
 
 def test_bare_hyperparameters_match_larv_base_configs():
-    if not _larv_configs_available():
-        pytest.skip("LARV method configs not there yet")
     for spec in MERGERS.values():
         cfg = _compose([f"method={spec.larv_method}"])
         base = cfg.method.base_method
         for k, v in spec.bare_overrides:
             assert float(base[k.split(".", 1)[1]]) == float(v), (spec.key, k)
+        # the other base hyperparameters are FusionBench's own defaults of the bare method
+        bare = _compose([f"method={spec.bare_method}"]).method
+        for k, v in base.items():
+            if k != "_target_" and f"method.{k}" not in dict(spec.bare_overrides):
+                assert bare[k] == v, (spec.key, k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,10 +544,10 @@ def toy(tmp_path):
     (tmp_path / "cfg" / "modelpool" / "toy_linear.yaml").write_text(TOY_POOL)
     (tmp_path / "py").mkdir()
     (tmp_path / "py" / "slow_models.py").write_text(SLOW_MODELS)
-    J = reproduce._job
+    J = paper_jobs.job
     jobs = [J(("modelpool", "toy_linear"), ("method", "task_arithmetic"), ("method.scaling_factor", v))
             for v in ("0.1", "0.2", "0.3")]
-    (sweep,) = reproduce.group_into_sweeps("toy", jobs, ("method", "modelpool", "method.scaling_factor"))
+    (sweep,) = paper_jobs.group_into_sweeps("toy", jobs, ("method", "modelpool", "method.scaling_factor"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "py"), os.environ.get("PYTHONPATH", "")]),
                HYDRA_FULL_ERROR="1")
 
@@ -648,15 +647,9 @@ def grid_reports(output):
     return {str(p.parent.relative_to(output)): p for p in sorted(Path(output).rglob("program_report.json"))}
 
 
-def _larv_code_available():
-    return _larv_configs_available() and (REPO / "fusion_bench_larv" / "algorithm.py").exists()
-
-
 @pytest.mark.slow
 def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypatch):
-    if not _larv_code_available():
-        pytest.skip("LARV method not there yet")
-    from fusion_bench_larv import tables
+    from fusion_bench_larv.paper import tables
 
     output = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
@@ -666,7 +659,7 @@ def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypat
     tiers_seen = Counter()
     for name, path in reports.items():
         report = json.loads(path.read_text())
-        metrics = tables.task_metrics(report)  # FusionBench's flat layout, LARV or bare
+        metrics = job_reports.task_metrics(report)  # FusionBench's flat layout, LARV or bare
         assert set(tiny_synth.tasks) | {"average"} == set(metrics) == set(report) - {"model_info"}
         assert 0.0 <= metrics["average"]["accuracy"] <= 1.0
         layers = path.parent / "larv_layers.json"
@@ -685,7 +678,7 @@ def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypat
     md = (tmp_path / "tables" / "tables.md").read_text()
     gates = [b for b in md.split("### ") if b.startswith("Gate ablation, TinyCLIP")][0]
     for name, path in reports.items():
-        acc = tables.task_metrics(json.loads(path.read_text()))["average"]["accuracy"]
+        acc = job_reports.task_metrics(json.loads(path.read_text()))["average"]["accuracy"]
         assert f"{100 * acc:.1f}" in gates, (name, acc)
     blocks = read_csv_rows(tmp_path / "tables" / "larv_blocks.csv")
     assert len(blocks) == 4 * tiny_synth.recipe.model.vision_layers  # 4 LARV jobs
@@ -693,7 +686,7 @@ def test_tinyclip_grid_basic_launcher_and_tables(tiny_synth, tmp_path, monkeypat
     # jobs' averages and no + LARV bars (those cells are missing, not filled in).
     assert set(result["figures"]) == {"fig_main"}
     (ax,) = tables.main_figure(tables.tidy_rows(tables.collect(output))).axes
-    bare = sorted(100 * tables.task_metrics(json.loads(p.read_text()))["average"]["accuracy"]
+    bare = sorted(100 * job_reports.task_metrics(json.loads(p.read_text()))["average"]["accuracy"]
                   for n, p in reports.items() if "/larv_" not in f"/{n}")
     assert sorted(b.get_height() for b in ax.containers[0]) == pytest.approx(bare)
     assert all(math.isnan(b.get_height()) for b in ax.containers[1])
@@ -711,8 +704,6 @@ def test_tinyclip_grid_resume_with_joblib(tiny_synth, tmp_path, monkeypatch):
     """A 1-job sweep first (as if the full sweep had been killed after it), then the full grid
     with the joblib launcher: the finished job is not redone, the other five are created."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    if not _larv_code_available():
-        pytest.skip("LARV method not there yet")
     output = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
     common = harness_args(tiny_synth, output)

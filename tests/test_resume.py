@@ -7,13 +7,14 @@ import os
 import subprocess
 
 from conftest import OFFLINE_ENV, fusion_bench_executable
-from fusion_bench_larv import __version__, programs
+from fusion_bench_larv import __version__
+from fusion_bench_larv.paper import programs
 
-PROGRAM = "_target_=fusion_bench_larv.programs.ResumableFusionProgram"
+PROGRAM = "_target_=fusion_bench_larv.paper.programs.ResumableFusionProgram"
 
 
 def run_job(tiny_synth, log_dir, *overrides):
-    cmd = [fusion_bench_executable(), *tiny_synth.overrides(), PROGRAM, "method=larv_iso_c", *overrides,
+    cmd = [*fusion_bench_executable(), *tiny_synth.overrides(), PROGRAM, "method=larv_iso_c", *overrides,
            f"path.log_dir={log_dir}", "print_config=false"]
     proc = subprocess.run(cmd, cwd=log_dir.parent, env={**os.environ, **OFFLINE_ENV}, capture_output=True,
                           text=True, timeout=300)

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import OFFLINE_ENV, fusion_bench_executable
-from fusion_bench_larv import sweep, tables
+from fusion_bench_larv import plots, sweep
 
 TIERS_2X2 = ["[0.6,0.8,1.2]", "[0.6,0.8,1.4]", "[0.6,1.0,1.2]", "[0.6,1.0,1.4]"]
 
@@ -56,7 +56,7 @@ def test_plain_multirun_keeps_every_job_and_ends_with_a_sweep_table(tiny_synth, 
     # the baseline, the way the README says: a bare run of its own, named on the sweep's command line
     bare_dir = tmp_path / "bare"
     bare = tiny_synth.run_cli("method=isotropic_merging/iso_c", "method.scaling_factor=1.5", log_dir=bare_dir)
-    cmd = [fusion_bench_executable(), "-m", *tiny_synth.overrides(), "method=larv_iso_c",
+    cmd = [*fusion_bench_executable(), "-m", *tiny_synth.overrides(), "method=larv_iso_c",
            f"method.tiers={','.join(TIERS_2X2)}", f"hydra.callbacks.larv_sweep.baseline={bare_dir}"]
     rc, out = run(cmd, cwd=work)
     assert rc == 0, out[-6000:]
@@ -106,7 +106,7 @@ def test_plain_multirun_keeps_every_job_and_ends_with_a_sweep_table(tiny_synth, 
 
 
 def test_a_failed_job_is_a_row_not_a_gap(tiny_synth, work):
-    cmd = [fusion_bench_executable(), "-m", *tiny_synth.overrides(), "method=larv_iso_c",
+    cmd = [*fusion_bench_executable(), "-m", *tiny_synth.overrides(), "method=larv_iso_c",
            "method.tiers=[0.6,1.0,1.2],[1.0]", "print_config=false"]
     rc, out = run(cmd, cwd=work)
     assert rc != 0  # Hydra reports the failed job
@@ -120,7 +120,7 @@ def test_a_failed_job_is_a_row_not_a_gap(tiny_synth, work):
 
 
 def test_single_run_keeps_fusion_bench_s_default_log_dir(tmp_path):
-    proc = subprocess.run([fusion_bench_executable(), "--cfg", "job", "--resolve", "method=dummy", "taskpool=dummy"],
+    proc = subprocess.run([*fusion_bench_executable(), "--cfg", "job", "--resolve", "method=dummy", "taskpool=dummy"],
                           cwd=tmp_path, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log_dir = yaml.safe_load(proc.stdout)["path"]["log_dir"]
@@ -157,10 +157,10 @@ def test_heatmap_over_two_numeric_method_keys_without_baseline(tmp_path):
     assert [v for line in data["values"] for v in line if v is not None] == pytest.approx(
         [v for line in expected for v in line if v is not None])
     # the figure itself: the drawn image is that matrix, and the failed cell is marked missing
-    fig = tables.tier_figure(data["row_values"], data["column_values"], data["values"], "t", centered=False)
+    fig = plots.tier_figure(data["row_values"], data["column_values"], data["values"], "t", centered=False)
     drawn = np.ma.asarray(fig.axes[0].images[0].get_array())
     assert drawn[0, 2] == pytest.approx(expected[0][2]) and np.ma.getmaskarray(drawn)[1, 1]
-    assert tables.MISSING in [t.get_text() for t in fig.axes[0].texts]
+    assert plots.MISSING in [t.get_text() for t in fig.axes[0].texts]
 
 
 @pytest.mark.parametrize("overrides, drawn", [

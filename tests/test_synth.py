@@ -311,7 +311,7 @@ def test_modelpool_configs_select_their_taskpool(n):
 
 def test_cli_cfg_job_shows_pool_and_taskpool(tmp_path):
     proc = subprocess.run(
-        [fusion_bench_executable(), "--cfg", "job", "modelpool=tinyclip_synth8", "modelpool.cache_dir=/somewhere"],
+        [*fusion_bench_executable(), "--cfg", "job", "modelpool=tinyclip_synth8", "modelpool.cache_dir=/somewhere"],
         cwd=tmp_path,
         env={**__import__("os").environ, **OFFLINE_ENV},
         capture_output=True,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fusion_bench_larv import tables
-from fusion_bench_larv.reproduce import GATE_VARIANTS, MERGERS
+from fusion_bench_larv.paper import tables
+from fusion_bench_larv.paper.experiments import GATE_VARIANTS, MERGERS
 
 TASKS8 = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
 
@@ -233,7 +233,7 @@ def test_normalized_accuracy_uses_individual_runs(tmp_path):
 def test_shipped_defaults_are_the_tiered3_gate_variant():
     from omegaconf import OmegaConf
 
-    from fusion_bench_larv.reproduce import DEFAULT_GATE_VARIANT
+    from fusion_bench_larv.paper.experiments import DEFAULT_GATE_VARIANT
 
     defaults = OmegaConf.load(Path(__file__).parents[1] / "config" / "method" / "larv" / "_defaults.yaml")
     variant = dict(GATE_VARIANTS[DEFAULT_GATE_VARIANT])
@@ -423,7 +423,7 @@ def test_main_figure_bars_and_reference_lines(tmp_path):
 
 def test_settings_sort_by_backbone_then_task_count():
     settings = [("TinyCLIP", 20), ("ViT-L/14", 8), ("TinyCLIP", 8), ("ViT-B/32", 14), ("TinyCLIP", 14), ("ViT-B/32", 8)]
-    assert sorted(settings, key=tables._setting_order) == [
+    assert sorted(settings, key=tables.setting_order) == [
         ("ViT-B/32", 8), ("ViT-B/32", 14), ("ViT-L/14", 8), ("TinyCLIP", 8), ("TinyCLIP", 14), ("TinyCLIP", 20)]
 
 

@@ -1,0 +1,391 @@
+"""Collect the paper lab's job reports into tidy rows, and look values up in them.
+
+Input: a folder tree written by :mod:`fusion_bench_larv.paper.reproduce` (any depth). A *job* is
+a folder with FusionBench's ``program_report.json``; its identity (model pool, method, overrides,
+corruption, ...) is read from ``job.json`` (written by
+:class:`fusion_bench_larv.paper.programs.ResumableFusionProgram`), falling back to Hydra's
+``hydra_output/overrides.yaml`` that FusionBench links into every job folder (or Hydra's own
+``overrides.yaml``, in a plain ``fusion_bench -m`` job folder). Reports have FusionBench's flat
+layout (``{<task>: ..., "average": ...}``), and LARV's per-block record comes from
+``larv_layers.json`` next to the report. Reports written by earlier versions of this package
+nest the task pool's report under ``"model"`` and the record under ``"larv"``; they are read too.
+
+:func:`tidy_rows` gives one row per (job, task), :func:`block_rows` one per (LARV job, block),
+:func:`summary_rows` one per evaluated CLIP merge job; :class:`Index` finds rows by their labels
+and remembers every miss: no number is ever filled in or interpolated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..atomic import atomic_write_text
+from ..job_reports import REPORT_NAME, overrides_to_dict, read_json, task_metrics
+from .experiments import BACKBONES, MERGERS
+
+log = logging.getLogger("fusion_bench_larv.paper.collect")
+
+
+RESULT_COLUMNS = [
+    "run_dir", "kind", "modelpool", "backbone", "num_tasks", "setting", "method", "merger", "larv",
+    "method_overrides", "gate", "tiers", "tier_assignment", "corruption", "individual_task",
+    "task", "metric", "accuracy", "loss",
+]
+
+
+BLOCK_COLUMNS = [
+    "run_dir", "modelpool", "backbone", "num_tasks", "method", "merger", "method_overrides",
+    "gate", "tiers", "block", "prefix", "e", "c", "z", "s", "tier", "scale",
+]
+
+
+#: tasks seen while merging in FusionBench's generalization pools (the rest of TA8 is unseen)
+GENERALIZATION_SEEN = {
+    "exp1": {"sun397", "stanford-cars", "resisc45", "dtd", "svhn", "gtsrb"},
+    "exp2": {"sun397", "stanford-cars", "gtsrb", "eurosat", "dtd", "mnist"},
+}
+
+
+CORRUPTION_LABELS = OrderedDict(
+    motion_blur="Motion", impulse_noise="Impulse", gaussian_noise="Gaussian", pixelate="Pixelate",
+    spatter="Spatter", contrast="Contrast", jpeg_compression="JPEG",
+)
+
+
+BACKBONE_ORDER = [label for _, label in BACKBONES.values()] + ["TinyCLIP"]
+
+
+_BARE_TO_MERGER = {m.bare_method: m.key for m in MERGERS.values()}
+
+
+_LARV_TO_MERGER = {m.larv_method: m.key for m in MERGERS.values()}
+
+
+@dataclass
+class Run:
+    """One finished job: its labels, its report and its LARV record (if any)."""
+
+    run_dir: str
+    labels: Dict[str, Any]
+    report: Dict[str, Any]
+    larv: Optional[Dict[str, Any]] = None
+    overrides: List[str] = field(default_factory=list)
+
+
+def norm_task(name: str) -> str:
+    """Task names as FusionBench's TA8 dataset configs spell them (``stanford_cars`` → ``stanford-cars``)."""
+    return str(name).replace("_", "-").lower()
+
+
+def describe_modelpool(modelpool: str) -> Dict[str, Any]:
+    """Backbone, task count and experiment kind of a model-pool option."""
+    mp = modelpool or ""
+    m = re.search(r"clip-vit-(base-patch32|base-patch16|large-patch14)_(TA8|TALL14|TALL20)$", mp)
+    if m:
+        backbone = {v[0]: v[1] for v in BACKBONES.values()}[f"clip-vit-{m.group(1)}"]
+        return dict(kind="clip", backbone=backbone, num_tasks=int(re.sub(r"\D", "", m.group(2))), setting=m.group(2))
+    m = re.search(r"tinyclip_synth(\d+)", mp)
+    if m:
+        return dict(kind="clip", backbone="TinyCLIP", num_tasks=int(m.group(1)), setting=f"synth{m.group(1)}")
+    m = re.search(r"clip-vit-(base-patch32|base-patch16|large-patch14)_(robustness_corrupted|generalization_exp\d|individual)$", mp)
+    if m:
+        backbone = {v[0]: v[1] for v in BACKBONES.values()}[f"clip-vit-{m.group(1)}"]
+        what = m.group(2)
+        if what.startswith("robustness"):
+            return dict(kind="robustness", backbone=backbone, num_tasks=4, setting="corrupted")
+        if what.startswith("generalization"):
+            return dict(kind="generalization", backbone=backbone, num_tasks=6, setting=what.split("_")[-1])
+        return dict(kind="individual", backbone=backbone, num_tasks=1, setting="individual")
+    if "flan-t5" in mp:
+        return dict(kind="nlp", backbone=mp.split("/")[-1].split("_")[0], num_tasks=8, setting="glue_lora16")
+    return dict(kind="other", backbone=mp, num_tasks=None, setting=None)
+
+
+def describe_method(method: str) -> Tuple[str, bool]:
+    """(merger key, is LARV) of a method option."""
+    if method in _LARV_TO_MERGER:
+        return _LARV_TO_MERGER[method], True
+    if method in _BARE_TO_MERGER:
+        return _BARE_TO_MERGER[method], False
+    if method and method.startswith("larv_"):
+        return method[len("larv_"):], True
+    return method or "", False
+
+
+def _fmt_tiers(tiers: Any) -> str:
+    if tiers is None:
+        return ""
+    return "/".join(f"{float(t):g}" for t in tiers)
+
+
+def gate_label(gate: Optional[str], tiers: Any, tier_assignment: Optional[str]) -> str:
+    """Name of a gate variant as in :data:`fusion_bench_larv.paper.experiments.GATE_VARIANTS`."""
+    if not gate:
+        return ""
+    if gate == "tiered":
+        n = len(tiers) if tiers is not None else 0
+        if tier_assignment == "depth":
+            return "depth_tiers"
+        return f"tiered{n}" if n else "tiered"
+    return str(gate)
+
+
+def _read_overrides_yaml(path: Path) -> Optional[List[str]]:
+    try:
+        from omegaconf import OmegaConf
+
+        return [str(x) for x in OmegaConf.load(path)]
+    except Exception:  # missing or unreadable: the caller warns
+        return None
+
+
+def load_run(run_dir: Path, root: Path) -> Optional[Run]:
+    """Read one job folder (``None`` if it has no readable report or no identity)."""
+    report = read_json(run_dir / REPORT_NAME, warn=True)
+    if not isinstance(report, dict):
+        return None
+    meta = read_json(run_dir / "job.json", warn=True) if (run_dir / "job.json").exists() else None
+    overrides: Optional[List[str]] = None
+    choices: Dict[str, str] = {}
+    method_cfg: Dict[str, Any] = {}
+    if isinstance(meta, dict):
+        overrides = list(meta.get("overrides") or [])
+        choices = dict(meta.get("choices") or {})
+        method_cfg = dict(meta.get("method") or {})
+    else:
+        # FusionBench links Hydra's job folder in as hydra_output/; in a plain multirun through
+        # our primary config the job folder is Hydra's, so overrides.yaml is right there
+        overrides = (_read_overrides_yaml(run_dir / "hydra_output" / "overrides.yaml")
+                     or _read_overrides_yaml(run_dir / "overrides.yaml"))
+        if overrides is None:
+            log.warning("%s: no job.json, no overrides.yaml and no hydra_output/overrides.yaml; skipped", run_dir)
+            return None
+    ov = overrides_to_dict(overrides)
+    modelpool = choices.get("modelpool") or ov.get("modelpool", "")
+    method = choices.get("method") or ov.get("method", "")
+    larv = report.get("larv")
+    if larv is None and (run_dir / "larv_layers.json").exists():
+        larv = read_json(run_dir / "larv_layers.json", warn=True)
+    merger, is_larv = describe_method(method)
+    src = larv if isinstance(larv, dict) else {}
+    gate = src.get("gate", method_cfg.get("gate", ov.get("method.gate")))
+    tiers = src.get("tiers", method_cfg.get("tiers"))
+    if tiers is None and "method.tiers" in ov:
+        tiers = [float(x) for x in ov["method.tiers"].strip("[]").split(",") if x]
+    tier_assignment = src.get("tier_assignment", method_cfg.get("tier_assignment", ov.get("method.tier_assignment")))
+    labels: Dict[str, Any] = dict(describe_modelpool(modelpool))
+    labels.update(
+        run_dir=os.path.relpath(run_dir, root),
+        modelpool=modelpool,
+        method=method,
+        merger=merger,
+        larv=is_larv,
+        # the schedule's hyperparameters as overridden on the command line; block_pattern only
+        # says where the blocks are (architecture), so it is not part of a variant's name
+        method_overrides=";".join(sorted(o for o in overrides if o.lstrip("+").startswith("method.")
+                                         and not o.lstrip("+").startswith("method.block_pattern="))),
+        gate=gate_label(gate, tiers, tier_assignment) if is_larv else "",
+        tiers=_fmt_tiers(tiers) if is_larv and gate == "tiered" else "",
+        tier_assignment=(tier_assignment or "") if is_larv else "",
+        corruption=(meta or {}).get("corruption") or ov.get("corruption", ""),
+        individual_task=((meta or {}).get("individual_task") or ov.get("individual_task")
+                         or ov.get("modelpool.individual", "")),
+    )
+    if method == "dummy" and labels["individual_task"]:
+        # a fine-tuned model evaluated alone (FusionBench's *_individual pools, or the
+        # synthetic pool's `individual` key)
+        labels.update(kind="individual", merger="individual")
+    elif method == "dummy" and labels["kind"] == "clip":
+        # FusionBench's dummy method returns the pool's pretrained model: the zero-shot row
+        labels.update(kind="zeroshot", merger="zeroshot")
+    return Run(str(run_dir), labels, report, larv if isinstance(larv, dict) else None, overrides)
+
+
+def collect(root: str | os.PathLike) -> List[Run]:
+    """Every job folder under ``root`` with a report (symlinks are not followed)."""
+    root = Path(root)
+    runs: List[Run] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if REPORT_NAME in filenames:
+            run = load_run(Path(dirpath), root)
+            if run is not None:
+                runs.append(run)
+    log.info("collected %d job reports under %s", len(runs), root)
+    return runs
+
+
+def tidy_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
+    rows = []
+    for run in runs:
+        for task, metrics in task_metrics(run.report).items():
+            row = {k: run.labels.get(k, "") for k in RESULT_COLUMNS}
+            row.update(task=task, metric=metrics["metric"], accuracy=metrics["accuracy"], loss=metrics["loss"])
+            rows.append(row)
+    return rows
+
+
+def block_rows(runs: Sequence[Run]) -> List[Dict[str, Any]]:
+    rows = []
+    for run in runs:
+        for b in (run.larv or {}).get("blocks", []) or []:
+            row = {k: run.labels.get(k, "") for k in BLOCK_COLUMNS}
+            row.update(block=b.get("index"), prefix=b.get("prefix"), e=b.get("e"), c=b.get("c"), z=b.get("z"),
+                       s=b.get("s"), tier=b.get("tier"), scale=b.get("scale"))
+            rows.append(row)
+    return rows
+
+
+class Index:
+    """Look-ups over the tidy rows; every miss is remembered for the warning."""
+
+    def __init__(self, rows: Sequence[Dict[str, Any]]):
+        self.rows = list(rows)
+        self.missing: List[str] = []
+
+    def find(self, what: str, **crit: Any) -> List[Dict[str, Any]]:
+        out = [r for r in self.rows if all(match(r.get(k), v) for k, v in crit.items())]
+        return out
+
+    def value(self, what: str, task: str = "average", **crit: Any) -> Optional[float]:
+        """Accuracy (fraction) of the single job matching ``crit`` on ``task``; None if missing."""
+        hits = self.find(what, task=task, **crit)
+        if not hits:
+            self.missing.append(what)
+            return None
+        if len({h["run_dir"] for h in hits}) > 1:
+            log.warning("%s: %d jobs match, using %s", what, len(hits), hits[0]["run_dir"])
+        return float(hits[0]["accuracy"])
+
+
+def match(value: Any, wanted: Any) -> bool:
+    if callable(wanted):
+        return bool(wanted(value))
+    return value == wanted
+
+
+def bare_overrides_str(merger: str) -> str:
+    spec = MERGERS.get(merger)
+    if spec is None:
+        return ""
+    return ";".join(sorted(f"{k}={v}" for k, v in spec.bare_overrides))
+
+
+def variant_crit(merger: str, larv: bool) -> Dict[str, Any]:
+    """The main-table version of a merger: bare with the LARV base hyperparameters, or the
+    ``larv_*`` config with no method overrides (its shipped defaults)."""
+    if larv:
+        return dict(merger=merger, larv=True, method_overrides="")
+    return dict(merger=merger, larv=False, method_overrides=bare_overrides_str(merger))
+
+
+def mergers_present(rows: Sequence[Dict[str, Any]], **crit: Any) -> List[str]:
+    present = {r["merger"] for r in rows if all(match(r.get(k), v) for k, v in crit.items())}
+    ordered = [m for m in MERGERS if m in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def merger_label(merger: str) -> str:
+    return MERGERS[merger].label if merger in MERGERS else merger
+
+
+def setting_order(setting: Tuple[str, Any]) -> Tuple[int, str, int]:
+    """Sort key of (backbone, number of tasks): the paper's backbone order, then task count."""
+    backbone, num_tasks = setting
+    rank = BACKBONE_ORDER.index(backbone) if backbone in BACKBONE_ORDER else len(BACKBONE_ORDER)
+    return rank, str(backbone), int(num_tasks or 0)
+
+
+def individual_average(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[float]:
+    """Mean over the tasks of the jobs matching ``crit`` of each individual fine-tuned model's
+    accuracy on its own task (None, and recorded as missing, if any task has no such job)."""
+    tasks = sorted({r["task"] for r in idx.find("", **crit) if r["task"] != "average"})
+    accs = []
+    for t in tasks:
+        same = (lambda v, t=t: norm_task(v) == norm_task(t))
+        hits = idx.find("", kind="individual", backbone=crit["backbone"], individual_task=same, task=same)
+        if not hits:
+            idx.missing.append(f"{what} ({t})")
+            return None
+        accs.append(float(hits[0]["accuracy"]))
+    return sum(accs) / len(accs) if accs else None
+
+
+def normalized_value(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[float]:
+    """Mean over tasks of accuracy / individual fine-tuned accuracy (None if any part is missing)."""
+    runs = idx.find(what, **crit)
+    tasks = [r for r in runs if r["task"] != "average"]
+    if not tasks:
+        idx.missing.append(what)
+        return None
+    ratios = []
+    for r in tasks:
+        same = (lambda t, rt=r["task"]: norm_task(t) == norm_task(rt))
+        ind = idx.find(what, kind="individual", backbone=r["backbone"], individual_task=same, task=same)
+        if not ind:
+            idx.missing.append(f"{what} (individual {r['task']})")
+            return None
+        ratios.append(float(r["accuracy"]) / float(ind[0]["accuracy"]))
+    return sum(ratios) / len(ratios)
+
+
+SUMMARY_COLUMNS = [
+    "backbone", "num_tasks", "merger", "larv", "gate", "tiers", "tier_assignment", "method_overrides",
+    "accuracy", "delta_vs_bare", "normalized", "normalized_delta_vs_bare", "run_dir",
+]
+
+
+def summary_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per evaluated CLIP merge job (bare or LARV, any variant): average accuracy (%),
+    Δ vs the bare merger with the same base hyperparameters (points), normalized accuracy (%:
+    accuracy / individual fine-tuned accuracy, averaged over tasks) and its Δ. Cells whose
+    inputs are missing are left empty."""
+    idx = Index(rows)
+    has_individual = any(r["kind"] == "individual" for r in rows)
+    jobs = [r for r in rows if r["kind"] == "clip" and r["task"] == "average"]
+    cache: Dict[Tuple, Tuple[Optional[float], Optional[float]]] = {}
+
+    def measures(crit: Dict[str, Any]) -> Tuple[Optional[float], Optional[float]]:
+        key = tuple(sorted(crit.items()))
+        if key not in cache:
+            acc = idx.value("summary", **crit)
+            norm = normalized_value(idx, "summary", crit) if has_individual and acc is not None else None
+            cache[key] = (acc, norm)
+        return cache[key]
+
+    out = []
+    for r in sorted(jobs, key=lambda r: (setting_order((r["backbone"], r["num_tasks"])),
+                                         list(MERGERS).index(r["merger"]) if r["merger"] in MERGERS else 99,
+                                         bool(r["larv"]), r["method_overrides"], r["run_dir"])):
+        acc, norm = measures(dict(run_dir=r["run_dir"]))
+        bare_acc = bare_norm = None
+        if r["merger"] in MERGERS:
+            bare_acc, bare_norm = measures(dict(kind="clip", backbone=r["backbone"], num_tasks=r["num_tasks"],
+                                                **variant_crit(r["merger"], False)))
+        delta = lambda x, b: "" if x is None or b is None or not r["larv"] else round(100 * (x - b), 2)
+        out.append({
+            **{k: r.get(k, "") for k in ("backbone", "num_tasks", "merger", "larv", "gate", "tiers",
+                                         "tier_assignment", "method_overrides", "run_dir")},
+            "accuracy": "" if acc is None else round(100 * acc, 2),
+            "delta_vs_bare": delta(acc, bare_acc),
+            "normalized": "" if norm is None else round(100 * norm, 2),
+            "normalized_delta_vs_bare": delta(norm, bare_norm),
+        })
+    return out
+
+
+def write_csv(path: Path, rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> None:
+    buffer = io.StringIO(newline="")
+    w = csv.DictWriter(buffer, fieldnames=list(columns))
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,404 @@
+"""Paper-style tables of the lab's results (Markdown and LaTeX), with the CSVs and figures.
+
+Input: the job tree of ``reproduce-larv`` (read by :mod:`fusion_bench_larv.paper.collect`).
+Output (``--out``):
+
+* ``results.csv``: one row per (job, task) with the task's score and loss (fractions, as
+  FusionBench reports them), plus the job's labels; the task pool's ``average`` is a row with
+  ``task == "average"``. The score (column ``accuracy``) is the accuracy, except where column
+  ``metric`` says otherwise: Spearman's ρ (``spearman_rho``, GLUE's STS-B) or the GLUE pool's
+  average ``score``. Jobs without evaluation (``taskpool=dummy``) have no rows here.
+* ``larv_blocks.csv``: one row per (LARV job, block) with e, c, z, s, tier and scale.
+* ``summary.csv``: one row per evaluated CLIP merge job (bare, or LARV with any gate/tiers):
+  average accuracy, Δ vs the bare merger, normalized accuracy and its Δ (percent / points).
+* ``tables.md`` and ``tables.tex``: the paper's layout. Rows are mergers, each followed by its
+  "+ LARV" row showing the accuracy and, in parentheses, Δ = LARV − bare in percentage points;
+  columns are backbones (main table) or backbone × task count (14/20-task table). Further
+  tables: normalized accuracy (accuracy / the individual fine-tuned model's accuracy on the same
+  task, averaged over tasks; needs the ``individual`` experiment), gate ablation, tier grid,
+  corruption robustness, generalization (seen / unseen tasks), Flan-T5 LoRA GLUE.
+* Figures (PNG and PDF): ``fig_diagnostics`` (e, c, s per block, one line per merger, one row
+  per backbone: the paper's Figure 2), ``fig_tiers`` (Δ accuracy heatmap over middle × deep tier
+  values, colour map centred at 0: Figure 4), ``fig_corruption`` (bare vs +LARV bars per
+  corruption and their average: Figure 3).
+
+Missing runs are shown as "—" and listed in a warning; no number is ever filled in or
+interpolated. Accuracies in tables are percentages with one decimal; a score the task pool
+reported as NaN (STS-B's ρ on constant predictions) is shown as "NaN", never averaged in.
+
+Usage::
+
+    make-larv-tables outputs/larv --out outputs/larv/tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..atomic import atomic_write_text
+from ..plots import MISSING, save_figure, tier_figure, tier_label
+from .collect import (BACKBONE_ORDER, BLOCK_COLUMNS, CORRUPTION_LABELS, GENERALIZATION_SEEN, RESULT_COLUMNS,
+                      SUMMARY_COLUMNS, Index, block_rows, collect, individual_average, merger_label, mergers_present,
+                      norm_task, normalized_value, setting_order, summary_rows, tidy_rows, variant_crit, write_csv)
+from .experiments import CORRUPTIONS, DEFAULT_GATE_VARIANT, GATE_VARIANTS
+from .figures import corruption_figure, diagnostics_figure, main_figure
+
+log = logging.getLogger("fusion_bench_larv.paper.tables")
+
+
+def pct(x: Optional[float]) -> str:
+    if x is None:
+        return MISSING
+    return "NaN" if math.isnan(x) else f"{100 * x:.1f}"
+
+
+def pct_delta(x: Optional[float], base: Optional[float]) -> str:
+    if x is None:
+        return MISSING
+    if base is None or math.isnan(x) or math.isnan(base):
+        return pct(x)
+    return f"{100 * x:.1f} ({100 * (x - base):+.1f})"
+
+
+@dataclass
+class Table:
+    """A rendered-agnostic table: a title, a header and rows of cell strings."""
+
+    key: str
+    title: str
+    header: List[str]
+    rows: List[List[str]]
+    note: str = ""
+
+
+def reference_rows(idx: Index, key: str, columns: Sequence[Tuple[str, Dict[str, Any]]],
+                   normalized: bool = False) -> List[List[str]]:
+    """The paper's first rows, where their jobs exist: the pretrained model (zero-shot) and,
+    for accuracy tables, the individual fine-tuned models (each on its own task, averaged over
+    the column's tasks). Only for columns that are a backbone and a task count (not the
+    robustness, generalization or GLUE tables)."""
+    rows = []
+    if not all("backbone" in crit and "num_tasks" in crit for _, crit in columns):
+        return rows
+    if any(r["kind"] == "zeroshot" for r in idx.rows):
+        cells = []
+        for col_label, crit in columns:
+            zs = dict(kind="zeroshot", backbone=crit["backbone"], num_tasks=crit["num_tasks"])
+            what = f"{key}: zero-shot @ {col_label}"
+            cells.append(pct(normalized_value(idx, what, zs) if normalized else idx.value(what, **zs)))
+        rows.append(["Pretrained (zero-shot)"] + cells)
+    if not normalized and any(r["kind"] == "individual" for r in idx.rows):
+        cells = [pct(individual_average(idx, f"{key}: individual @ {col_label}", crit)) for col_label, crit in columns]
+        rows.append(["Individual fine-tuned"] + cells)
+    return rows
+
+
+def paired_table(idx: Index, key: str, title: str, columns: Sequence[Tuple[str, Dict[str, Any]]],
+                 mergers: Sequence[str], task: str = "average", value_fn=None, note: str = "",
+                 normalized: bool = False) -> Table:
+    """Rows: the reference rows (zero-shot, individual), then each merger followed by "+ LARV"
+    with Δ in points; columns: labelled criteria."""
+    value_fn = value_fn or (lambda what, crit: idx.value(what, task=task, **crit))
+    rows = reference_rows(idx, key, columns, normalized) if task == "average" else []
+    for m in mergers:
+        bare, larv = [], []
+        for col_label, crit in columns:
+            b = value_fn(f"{key}: {merger_label(m)} bare @ {col_label}", {**crit, **variant_crit(m, False)})
+            lv = value_fn(f"{key}: {merger_label(m)} +LARV @ {col_label}", {**crit, **variant_crit(m, True)})
+            bare.append(pct(b))
+            larv.append(pct_delta(lv, b))
+        rows.append([merger_label(m)] + bare)
+        rows.append(["+ LARV"] + larv)
+    return Table(key, title, ["Method"] + [c for c, _ in columns], rows, note)
+
+
+def build_tables(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Table], List[str]]:
+    """Every table for which at least one job exists; returns (tables, missing cells)."""
+    idx = Index(rows)
+    tables: List[Table] = []
+    clip = [r for r in rows if r["kind"] == "clip"]
+    # main table (8 tasks) and its normalized version
+    backbones8 = [b for b in BACKBONE_ORDER if any(r["backbone"] == b and r["num_tasks"] == 8 for r in clip)]
+    if backbones8:
+        cols = [(b, dict(kind="clip", backbone=b, num_tasks=8)) for b in backbones8]
+        mergers = mergers_present(clip, num_tasks=8)
+        tables.append(paired_table(idx, "main", "Average accuracy (%), 8 tasks; + LARV: accuracy (Δ vs bare, points)",
+                                   cols, mergers))
+        if any(r["kind"] == "individual" for r in rows):
+            tables.append(paired_table(idx, "normalized", "Normalized accuracy (%), 8 tasks: accuracy / individual "
+                                       "fine-tuned accuracy, averaged over tasks", cols, mergers, normalized=True,
+                                       value_fn=lambda what, crit: normalized_value(idx, what, crit)))
+    # 14/20-task table (with 8 for reference)
+    settings = sorted({(r["backbone"], r["num_tasks"]) for r in clip if r["num_tasks"] in (14, 20)},
+                      key=setting_order)
+    if settings:
+        cols = []
+        for b in dict.fromkeys(s[0] for s in settings):
+            for n in (8, 14, 20):
+                if any(r["backbone"] == b and r["num_tasks"] == n for r in clip):
+                    cols.append((f"{b} ({n})", dict(kind="clip", backbone=b, num_tasks=n)))
+        tables.append(paired_table(idx, "tall", "Average accuracy (%) by number of tasks; + LARV: accuracy (Δ, points)",
+                                   cols, mergers_present(clip)))
+        if any(r["kind"] == "individual" for r in rows):
+            tables.append(paired_table(idx, "normalized_tall", "Normalized accuracy (%) by number of tasks",
+                                       cols, mergers_present(clip), normalized=True,
+                                       value_fn=lambda what, crit: normalized_value(idx, what, crit)))
+    tables += _gate_tables(idx, clip)
+    tables += _tier_tables(idx, clip)
+    tables += _robustness_tables(idx, rows)
+    tables += _generalization_tables(idx, rows)
+    tables += _nlp_tables(idx, rows)
+    return tables, list(dict.fromkeys(idx.missing))
+
+
+def _gate_overrides(variant: str) -> str:
+    return ";".join(sorted(f"{k}={v}" for k, v in GATE_VARIANTS[variant]))
+
+
+def _override_keys(row: Dict[str, Any]) -> set:
+    return {o.split("=", 1)[0] for o in str(row.get("method_overrides") or "").split(";") if o}
+
+
+def _gate_tables(idx: Index, clip: Sequence[Dict[str, Any]]) -> List[Table]:
+    """Per (backbone, task count): rows bare + each gate variant, columns mergers; accuracy with
+    Δ vs bare and, where the individual fine-tuned models were evaluated, normalized accuracy."""
+    wanted = {_gate_overrides(g) for g in GATE_VARIANTS}
+    ablation = [r for r in clip if r["larv"] and r["method_overrides"] in wanted]
+    if not ablation:
+        return []
+    metrics = [("", "accuracy (%)", lambda what, crit: idx.value(what, task="average", **crit))]
+    if any(r["kind"] == "individual" for r in idx.rows):
+        metrics.append(("normalized_", "normalized accuracy (%: accuracy / individual fine-tuned, averaged over "
+                        "tasks)", lambda what, crit: normalized_value(idx, what, crit)))
+    out = []
+    for b, n in sorted({(r["backbone"], r["num_tasks"]) for r in ablation}, key=setting_order):
+        mergers = mergers_present(ablation, backbone=b, num_tasks=n)
+        base = dict(kind="clip", backbone=b, num_tasks=n)
+        for key_prefix, what_label, value in metrics:
+            bare = {m: value(f"gates: {key_prefix}{merger_label(m)} bare @ {b} ({n})", {**base, **variant_crit(m, False)})
+                    for m in mergers}
+            rows = [["bare"] + [pct(bare[m]) for m in mergers]]
+            defaults_used = False
+            for g in GATE_VARIANTS:
+                cells = []
+                for m in mergers:
+                    crit = dict(**base, merger=m, larv=True, method_overrides=_gate_overrides(g))
+                    if g == DEFAULT_GATE_VARIANT and not idx.find("", task="average", **crit):
+                        # the same configuration run without overrides (the main table's +LARV job)
+                        crit = dict(**base, **variant_crit(m, True))
+                        defaults_used = defaults_used or bool(idx.find("", task="average", **crit))
+                    cells.append(pct_delta(value(f"gates: {key_prefix}{merger_label(m)} {g} @ {b} ({n})", crit), bare[m]))
+                rows.append([g] + cells)
+            note = (f"{DEFAULT_GATE_VARIANT} is the shipped defaults; where no job spelled it out, the row shows the "
+                    "`larv_*` job without overrides (the same configuration)." if defaults_used else "")
+            out.append(Table(f"gates_{key_prefix}{_slug(b)}_{n}",
+                             f"Gate ablation, {b}, {n} tasks: {what_label} (Δ vs bare, points)",
+                             ["Gate"] + [merger_label(m) for m in mergers], rows, note))
+    return out
+
+
+def tier_grid(idx: Index, rows: Sequence[Dict[str, Any]], backbone: str, num_tasks: int, merger: str):
+    """(mid values, deep values, Δ matrix in points or None, shallow values) of the tier grid."""
+    base = dict(kind="clip", backbone=backbone, num_tasks=num_tasks, merger=merger)
+    # the tier experiment's jobs override exactly method.gate (tiered) and method.tiers (3 levels)
+    grid_rows = [r for r in rows if all(r.get(k) == v for k, v in base.items()) and r["larv"]
+                 and r["task"] == "average" and r["gate"] == "tiered3"
+                 and _override_keys(r) == {"method.gate", "method.tiers"}]
+    # the tiers column holds "shallow/middle/deep"
+    parsed = [(tuple(float(x) for x in r["tiers"].split("/")), float(r["accuracy"])) for r in grid_rows]
+    if not parsed:
+        return None
+    mids = sorted({t[1] for t, _ in parsed})
+    deeps = sorted({t[2] for t, _ in parsed})
+    shallow = sorted({t[0] for t, _ in parsed})
+    bare = idx.value(f"tiers: {merger_label(merger)} bare @ {backbone}", task="average", **base, **{
+        k: v for k, v in variant_crit(merger, False).items() if k != "merger"})
+    acc = {(t[1], t[2]): a for t, a in parsed}
+    matrix = [[(None if (m, d) not in acc or bare is None else 100 * (acc[(m, d)] - bare)) for d in deeps] for m in mids]
+    return mids, deeps, matrix, shallow, bare
+
+
+def _tier_tables(idx: Index, clip: Sequence[Dict[str, Any]]) -> List[Table]:
+    out = []
+    keys = sorted({(r["backbone"], r["num_tasks"], r["merger"]) for r in clip if r["larv"]
+                   and _override_keys(r) == {"method.gate", "method.tiers"}}, key=str)
+    for b, n, m in keys:
+        grid = tier_grid(idx, clip, b, n, m)
+        if grid is None:
+            continue
+        mids, deeps, matrix, shallow, bare = grid
+        if len(mids) * len(deeps) < 2:
+            continue
+        rows = [[tier_label(mid)] + [MISSING if v is None else f"{v:+.1f}" for v in line] for mid, line in zip(mids, matrix)]
+        out.append(Table(f"tiers_{_slug(b)}_{n}_{m}", f"Tier sensitivity, {merger_label(m)} on {b}, {n} tasks: Δ accuracy "
+                         f"(points) vs bare ({pct(bare)}%); shallow tier {'/'.join(tier_label(s) for s in shallow)}",
+                         ["middle \\ deep"] + [tier_label(d) for d in deeps], rows))
+    return out
+
+
+def _robustness_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
+    rob = [r for r in rows if r["kind"] == "robustness"]
+    if not rob:
+        return []
+    corrs = [c for c in CORRUPTIONS if any(r["corruption"] == c for r in rob)]
+    cols = [(CORRUPTION_LABELS[c], dict(kind="robustness", corruption=c)) for c in corrs]
+
+    def avg_fn(what, crit):
+        if "corruption" in crit:
+            return idx.value(what, task="average", **crit)
+        vals = [idx.value(f"{what} [{c}]", task="average", **crit, corruption=c) for c in corrs]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)
+
+    cols.append(("Avg.", dict(kind="robustness")))
+    return [paired_table(idx, "robustness", "Corruption robustness, ViT-B/32 on Cars, EuroSAT, RESISC45, GTSRB: "
+                         "average accuracy (%) per corruption (Δ vs bare, points)", cols, mergers_present(rob),
+                         value_fn=avg_fn)]
+
+
+def _generalization_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
+    gen = [r for r in rows if r["kind"] == "generalization"]
+    if not gen:
+        return []
+
+    def split_fn(what, crit):
+        crit = dict(crit)
+        exp, part = crit.pop("_exp"), crit.pop("_part")
+        hits = [r for r in idx.find(what, **crit, setting=exp) if r["task"] != "average"]
+        seen = GENERALIZATION_SEEN[exp]
+        vals = [float(r["accuracy"]) for r in hits if (norm_task(r["task"]) in seen) == (part == "seen")]
+        if not vals:
+            idx.missing.append(what)
+            return None
+        return sum(vals) / len(vals)
+
+    cols = [(f"{exp} {part}", dict(kind="generalization", _exp=exp, _part=part))
+            for exp in ("exp1", "exp2") if any(r["setting"] == exp for r in gen) for part in ("seen", "unseen")]
+    return [paired_table(idx, "generalization", "Generalization, ViT-B/32: average accuracy (%) on the tasks seen "
+                         "while merging and on unseen tasks (Δ vs bare, points)", cols, mergers_present(gen),
+                         value_fn=split_fn)]
+
+
+def _nlp_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
+    nlp = [r for r in rows if r["kind"] == "nlp"]
+    if not nlp:
+        return []
+    tasks = list(dict.fromkeys(r["task"] for r in nlp if r["task"] != "average"))
+
+    def fn(what, crit):
+        crit = dict(crit)
+        task = crit.pop("_task")
+        if task == "average" and not idx.find(what, task="average", **crit):
+            # FusionBench's GLUE pool reports no average: the mean over the tasks with a score
+            vals = [idx.value(f"{what} [{t}]", task=t, **crit) for t in tasks]
+            if any(v is None for v in vals):
+                return None
+            scored = [v for v in vals if not math.isnan(v)]
+            return sum(scored) / len(scored) if scored else float("nan")
+        return idx.value(what, task=task, **crit)
+
+    cols = [(t, dict(kind="nlp", _task=t)) for t in tasks] + [("Avg.", dict(kind="nlp", _task="average"))]
+    metrics = {r["task"]: r["metric"] for r in nlp if r["task"] != "average"}
+    rho = [t for t in tasks if metrics.get(t) == "spearman_rho"]
+    title = "Flan-T5-base LoRA-16 on GLUE: accuracy (%)"
+    if rho:
+        title += f"; {', '.join(rho)}: Spearman's ρ × 100"
+    title += " (Δ vs bare, points). Avg.: mean over the tasks with a score; NaN: no score (constant predictions)"
+    return [paired_table(idx, "nlp", title, cols, mergers_present(nlp), value_fn=fn)]
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "", s)
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"### {table.title}", ""]
+    lines.append("| " + " | ".join(table.header) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(row) + " |")
+    if table.note:
+        lines += ["", table.note]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
+                  "—": "--", "\\": r"$\backslash$", "Δ": r"$\Delta$"}
+
+
+def latex_escape(s: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(s))
+
+
+def to_latex(table: Table) -> str:
+    cols = "l" + "r" * (len(table.header) - 1)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.title)}}}",
+             rf"\label{{tab:larv-{_slug(table.key)}}}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+             " & ".join(latex_escape(h) for h in table.header) + r" \\", r"\midrule"]
+    for i, row in enumerate(table.rows):
+        cells = [latex_escape(c) for c in row]
+        lines.append(" & ".join(cells) + r" \\")
+        if row[0] == "+ LARV" and i + 1 < len(table.rows):
+            lines.append(r"\midrule")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, Any]:
+    """Collect, write the CSVs, tables and figures; return what was written and what is missing."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = collect(root)
+    rows = tidy_rows(runs)
+    blocks = block_rows(runs)
+    write_csv(out / "results.csv", rows, RESULT_COLUMNS)
+    write_csv(out / "larv_blocks.csv", blocks, BLOCK_COLUMNS)
+    write_csv(out / "summary.csv", summary_rows(rows), SUMMARY_COLUMNS)
+    # csv round trip types: keep python values for the in-memory tables
+    tables, missing = build_tables(rows)
+    md = ["# LARV results", "", f"Collected {len(runs)} job reports. Missing cells: {MISSING}.", ""]
+    md += [to_markdown(t) for t in tables]
+    atomic_write_text(out / "tables.md", "\n".join(md))
+    atomic_write_text(out / "tables.tex", "% LARV results (generated by make-larv-tables)\n" + "\n".join(to_latex(t) for t in tables))
+    figures: Dict[str, List[Path]] = {}
+    fig = diagnostics_figure(blocks) if blocks else None
+    if fig is not None:
+        figures["fig_diagnostics"] = save_figure(fig, out, "fig_diagnostics")
+    idx = Index(rows)
+    for t in tables:
+        if t.key.startswith("tiers_"):
+            _, b, n, m = t.key.split("_", 3)
+            bb = next(x for x in {r["backbone"] for r in rows} if _slug(x) == b)
+            grid = tier_grid(idx, rows, bb, int(n), m)
+            if grid:
+                mids, deeps, matrix, _, _ = grid
+                figures[f"fig_{t.key}"] = save_figure(tier_figure(mids, deeps, matrix, t.title), out, f"fig_{t.key}")
+    fig = main_figure(rows)
+    if fig is not None:
+        figures["fig_main"] = save_figure(fig, out, "fig_main")
+    fig = corruption_figure(rows)
+    if fig is not None:
+        figures["fig_corruption"] = save_figure(fig, out, "fig_corruption")
+    if missing:
+        log.warning("%d table cells have no finished job (shown as %s): %s", len(missing), MISSING,
+                    "; ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+    return dict(runs=len(runs), rows=len(rows), tables=[t.key for t in tables], figures=figures, missing=missing)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``make-larv-tables`` / ``scripts/make_tables.py``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="make-larv-tables", description=__doc__.split("\n\n")[0])
+    p.add_argument("root", help="folder with the job folders (reproduce-larv --output)")
+    p.add_argument("--out", default=None, help="where to write CSV/tables/figures (default: <root>/tables)")
+    args = p.parse_args(argv)
+    result = make_tables(args.root, args.out or os.path.join(args.root, "tables"))
+    log.info("%d jobs, %d CSV rows, tables: %s, figures: %s", result["runs"], result["rows"],
+             ", ".join(result["tables"]) or "none", ", ".join(result["figures"]) or "none")
+    return 0
