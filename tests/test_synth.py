@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,6 +116,30 @@ def test_captions_name_the_label_at_the_task_coverage(task):
 
 
 # --- model pieces -------------------------------------------------------------------------
+def test_bpe_merges_follow_counts_and_break_ties_by_pair():
+    # aab x2, ab x1, b x5: (a, b</w>) occurs 3 times, (a, a) twice; then (a, ab</w>) twice
+    assert model_mod._train_merges({"aab": 2, "ab": 1, "b": 5}) == [("a", "b</w>"), ("a", "ab</w>")]
+    # a tie (each pair once) goes to the smallest pair, whatever the insertion order
+    assert model_mod._train_merges({"yz": 1, "xy": 1}) == [("x", "y</w>"), ("y", "z</w>")]
+    assert model_mod._train_merges({"xy": 1, "yz": 1}) == [("x", "y</w>"), ("y", "z</w>")]
+
+
+def test_tokenizer_is_the_same_in_every_process(tmp_path):
+    """Two processes (different hash seeds) train the same merges on a tie-laden corpus."""
+    code = (
+        "import sys; from fusion_bench_larv.synth.model import _bpe_vocab; from fusion_bench_larv.synth.tasks import generate;"
+        "_, _, c = generate('letters', 'pretrain', 200, 0, with_captions=True);"
+        "words = {}\n"
+        "for t in c:\n for w in t.replace(',', '').split(): words[w] = words.get(w, 0) + 1\n"
+        "print('\\n'.join(_bpe_vocab(words)[1]))"
+    )
+    outs = [
+        subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=seed), capture_output=True, text=True, check=True).stdout
+        for seed in ("1", "2")
+    ]
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) > 50
+
+
 def test_processor_matches_training_pixels_and_fast_tokenizer(tiny_synth):
     from transformers import CLIPProcessor, CLIPTokenizer
 

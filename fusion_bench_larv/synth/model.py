@@ -22,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -62,30 +62,49 @@ class ModelSize:
     max_text_len: int = 64
 
 
+def _train_merges(word_counts: Dict[str, int]) -> List[Tuple[str, str]]:
+    """BPE merges, most frequent pair first, until every word is one symbol.
+
+    A word is a string of byte symbols; its last symbol carries the ``</w>`` suffix. A pair's
+    count is the sum over the words it occurs in of the word's count, capped at 1000. Ties go to
+    the lexicographically smallest pair, so the merges depend on nothing but ``word_counts``
+    (``tokenizers``' trainer breaks ties in a per-process random order, which made two builds of
+    the same seed differ).
+    """
+    words = [(list(w[:-1]) + [w[-1] + "</w>"], min(c, 1000)) for w, c in sorted(word_counts.items()) if w]
+    merges: List[Tuple[str, str]] = []
+    while True:
+        counts: Dict[Tuple[str, str], int] = {}
+        for symbols, count in words:
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + count
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for symbols, _ in words:
+            i = 0
+            while i < len(symbols) - 1:
+                if (symbols[i], symbols[i + 1]) == best:
+                    symbols[i : i + 2] = [best[0] + best[1]]
+                i += 1
+
+
 def _bpe_vocab(word_counts: Dict[str, int]):
-    """CLIP-format vocabulary and merges: every byte symbol (alone and word-final) plus BPE
-    merges trained (``tokenizers``' ``BpeTrainer``) on the given pre-tokenized words until every
-    word is one token. An empty ``word_counts`` gives a purely character-level tokenizer.
+    """CLIP-format vocabulary and merges: every byte symbol (alone and word-final) plus the BPE
+    merges of :func:`_train_merges` on the given pre-tokenized words. An empty ``word_counts``
+    gives a purely character-level tokenizer.
     """
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
-    merges: List[str] = []
-    if word_counts:
-        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-        bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-        bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        trainer = trainers.BpeTrainer(
-            vocab_size=100_000, min_frequency=1, show_progress=False, end_of_word_suffix="</w>", initial_alphabet=symbols
-        )
-        corpus = [" ".join([w] * min(c, 1000)) for w, c in sorted(word_counts.items())]
-        bpe.train_from_iterator(corpus, trainer)
-        model = json.loads(bpe.to_str())["model"]
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-        known = set(tokens)
-        tokens += [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]) if t not in known]
+    merges = _train_merges(word_counts)
+    known = set(tokens)
+    for a, b in merges:
+        if a + b not in known:
+            known.add(a + b)
+            tokens.append(a + b)
     vocab = {t: i for i, t in enumerate(tokens + [BOS, EOS])}
-    return vocab, ["#version: 0.2"] + merges
+    return vocab, ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
 
 
 def build_processor(path: Path, size: ModelSize, corpus: Sequence[str] = ()) -> CLIPProcessor:
