@@ -187,7 +187,7 @@ def test_build_is_resumable_and_rebuilds_only_what_is_missing(tmp_path, monkeypa
     manifest = assets.read_manifest()
     assert manifest["seed"] == 0 and manifest["recipe"] == recipe.to_dict()
     assert set(manifest["timings_s"]) >= {"pretrained", *(f"finetuned/{t}" for t in tasks), *(f"data/{t}" for t in tasks)}
-    assert not list(tmp_path.rglob(".*.tmp-*")), "temporary folders left behind"
+    assert not list(tmp_path.rglob(".*.tmp*")), "temporary folders left behind"
 
     # a second call rebuilds nothing
     calls = []

@@ -19,22 +19,20 @@ Cache dir: ``$FUSION_BENCH_LARV_CACHE``, else ``$XDG_CACHE_HOME/fusion_bench_lar
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_dir, atomic_write_json
 from .model import ModelSize
 from .tasks import TASK_NAMES, generate, prompts
 
@@ -160,20 +158,6 @@ class Assets:
         return Recipe(**manifest["recipe"]) if manifest else None
 
 
-@contextlib.contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary directory that is renamed to ``final`` when the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _torch_seed(recipe: Recipe, what: str) -> int:
     return (recipe.seed * 1_000_003 + zlib.crc32(what.encode())) % (2**31)
 
@@ -283,7 +267,7 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
         if f"data/{task}" in todo:
             start = time.perf_counter()
             classnames, _ = prompts(task)
-            with _atomic_dir(assets.data(task)) as tmp:
+            with atomic_dir(assets.data(task)) as tmp:
                 for split, n in (("train", recipe.n_train), ("test", recipe.n_test)):
                     images, labels = generate(task, split, n, recipe.seed)
                     _save_dataset(images, labels, classnames, tmp / split)
@@ -302,7 +286,7 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
             captions += c
             groups += [i] * len(x)
             labels.append(y)
-        with _atomic_dir(assets.pretrained) as tmp:
+        with atomic_dir(assets.pretrained) as tmp:
             prompt_texts = [t.format(c) for task in suite for c, t in _pairs(*prompts(task))]
             processor = M.build_processor(tmp, recipe.model, corpus=captions + prompt_texts)
             torch.manual_seed(_torch_seed(recipe, "pretrained"))
@@ -354,7 +338,7 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
                 logit_scale=recipe.finetune_logit_scale,
                 desc=f"fine-tune {task}",
             )
-            with _atomic_dir(assets.finetuned(task)) as tmp:
+            with atomic_dir(assets.finetuned(task)) as tmp:
                 tower.save_pretrained(tmp)
             done(f"finetuned/{task}", start)
     return assets
@@ -369,9 +353,9 @@ def ensure(
 ) -> Assets:
     """Return the ``Assets`` for ``tasks``, building what is missing (or raising a clear error)."""
     assets = Assets(cache_dir, seed)
-    assets.check_version()
     missing = assets.missing(tasks, finetuned=finetuned)
     if not missing:
+        assets.check_version()  # a build below checks it itself
         return assets
     n = next((k for k in (8, 14, 20) if set(tasks) <= set(TASK_NAMES[:k])), len(TASK_NAMES))
     command = BUILD_COMMAND.format(n=n) + (f" --seed {seed}" if seed else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
