@@ -57,6 +57,17 @@ def _older_torch_the_environment_accepts() -> str:
     pytest.fail(f"no torch 2.x older than the installed {metadata.version('torch')} satisfies the environment: {floors}")
 
 
+def _source_copy(tmp_path):
+    """The files a build of this package reads, copied, so that it writes nothing into the checkout."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("fusion_bench_larv", "config", "hydra_plugins"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
 def test_pip_install_keeps_an_installed_torch(tmp_path):
     """`pip install --dry-run -e .` where an older torch is installed: pip installs only this package.
 
@@ -71,12 +82,7 @@ def test_pip_install_keeps_an_installed_torch(tmp_path):
     fake.mkdir(parents=True)
     (fake / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
     (fake / "INSTALLER").write_text("pip\n")
-    src = tmp_path / "src"  # a copy, so the build writes nothing into the checkout
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    for name in ("fusion_bench_larv", "config", "hydra_plugins"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    src = _source_copy(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), PIP_DISABLE_PIP_VERSION_CHECK="1")
     seen = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('torch'))"],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -89,3 +95,29 @@ def test_pip_install_keeps_an_installed_torch(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     installs = [(i["metadata"]["name"], i["metadata"]["version"]) for i in json.loads(report.read_text())["install"]]
     assert installs == [("fusion-bench-larv", "0.1.0")]
+
+
+def test_wheel_carries_the_shipped_weights_and_configs(tmp_path):
+    """A non-editable install gets the shipped tinyclip_synth weights (synth/shipped.py) and the
+    Hydra configs: the wheel holds every file the shipped index lists, with its size."""
+    import zipfile
+
+    from fusion_bench_larv.synth.shipped import ShippedAssets
+
+    src = _source_copy(tmp_path)
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation", "--no-cache-dir",
+         "--quiet", "-w", str(tmp_path / "dist"), str(src)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("fusion_bench_larv-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        sizes = {info.filename: info.file_size for info in z.infolist()}
+    source = ShippedAssets.find()
+    assert source is not None
+    prefix = "fusion_bench_larv/synth/shipped/tinyclip_synth_seed0/"
+    assert prefix + "index.json" in sizes
+    for name, record in source.index["files"].items():
+        assert sizes.get(prefix + name) == record["bytes"], name
+    assert "fusion_bench_larv_config/method/larv_iso_c.yaml" in sizes

@@ -1,7 +1,9 @@
 """``python -m fusion_bench_larv.synth build --tasks 8|14|20``: build the tinyclip_synth assets.
 
 Resumable (present artefacts are skipped) and reproducible from ``--seed``. Size and schedule
-overrides change the recipe; a cache folder built with another recipe is refused.
+overrides change the recipe; a cache folder built with another recipe is refused. The default
+recipe of seed 0 copies the weights the package ships (``--from-scratch`` trains them);
+``ship`` replaces those with a build's.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--tasks", default="8", help="8, 14, 20, or a comma-separated list of task names")
     b.add_argument("--cache-dir", default=None, help=f"cache root (default: {default_cache_dir()})")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads while building (default 1: fastest on a shared machine, reproducible weights)")
+    b.add_argument("--from-scratch", action="store_true", help="train every model, even where the package ships the weights of this seed and recipe (synth/shipped.py)")
     for f in dataclasses.fields(Recipe):
         if f.name != "model":
             b.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     for f in dataclasses.fields(ModelSize):
         b.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+    sh = sub.add_parser("ship", help="copy a complete 8-task build's weights into the package as its shipped weights (synth/shipped.py)")
+    sh.add_argument("--cache-dir", required=True, help="cache root of a build made with --from-scratch")
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--out", default=None, help="shipped root (default: the package's own, fusion_bench_larv/synth/shipped)")
     sub.add_parser("list", help="list the task names in suite order")
     st = sub.add_parser("stats", help="task-vector norms, cosines and depth profile of a build (docs/benchmark.md)")
     st.add_argument("--tasks", default="8", help="8, 14, 20, or a comma-separated list of task names")
@@ -44,6 +51,17 @@ def main(argv=None) -> int:
             print(f"{i + 1:2d} {name}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "ship":
+        from .build import Assets
+        from .shipped import ship, shipped_dir
+
+        status = ship(Assets(args.cache_dir, args.seed), root=args.out)
+        for name, what in status.items():
+            print(f"  {name:48s} {what}")
+        counts = {what: sum(v == what for v in status.values()) for what in ("same", "changed", "new")}
+        print(f"shipped {len(status)} file(s) to {shipped_dir(args.out, args.seed)}: "
+              f"{counts['same']} same as the digests recorded before, {counts['changed']} changed, {counts['new']} new")
+        return 0
     tasks = list(SUITES[int(args.tasks)]) if args.tasks.isdigit() else [t.strip() for t in args.tasks.split(",")]
     if args.command == "stats":
         from .stats import assets_stats, format_stats
@@ -55,7 +73,7 @@ def main(argv=None) -> int:
     recipe_kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if f.name != "model" and getattr(args, f.name) is not None}
     recipe = Recipe(**recipe_kw, model=ModelSize(**model))
     start = time.perf_counter()
-    assets = build(tasks, cache_dir=args.cache_dir, recipe=recipe, threads=args.threads)
+    assets = build(tasks, cache_dir=args.cache_dir, recipe=recipe, threads=args.threads, shipped=not args.from_scratch)
     manifest = assets.read_manifest()
     print(f"assets: {assets.root}")
     for name, seconds in manifest["timings_s"].items():

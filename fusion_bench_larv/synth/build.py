@@ -34,13 +34,15 @@ import torch
 
 from ..atomic import atomic_dir, atomic_write_json
 from .model import ModelSize
+from .shipped import ShippedAssets
 from .tasks import TASK_NAMES, generate, prompts
 
 log = logging.getLogger(__name__)
 
-# The generator's version: 2 gave every task its own image domain (tasks.add_frame). A folder
+# The generator's version: 2 gave every task its own image domain (tasks.add_frame), 3 captions
+# the concepts of background, parity and orientation rarely (tasks._P_ATTRIBUTE). A folder
 # written by another version holds other images and weights under the same recipe; it is refused.
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 BUILD_COMMAND = "python -m fusion_bench_larv.synth build --tasks {n}"
 
 
@@ -198,6 +200,7 @@ def build(
     recipe: Optional[Recipe] = None,
     seed: int = 0,
     threads: Optional[int] = 1,
+    shipped: Union[bool, str, Path] = True,
 ) -> Assets:
     """Build whatever is missing for ``tasks``; return the ``Assets``.
 
@@ -211,17 +214,28 @@ def build(
             torch's setting. The default 1 is the fastest on a shared small machine (OpenMP
             threads spin-wait when the cores are busy) and makes the float reduction order,
             hence the weights, independent of the machine's core count.
+        shipped: copy the weights shipped in the package (``synth.shipped``) instead of
+            training them, where their seed, recipe and generator version are this build's
+            (and, for a tower, where the cache's pretrained model is the shipped one); ``False``
+            trains everything; a path is another shipped root (tests).
     """
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _build(tasks, cache_dir, recipe, seed)
+        return _build(tasks, cache_dir, recipe, seed, shipped)
     finally:
         torch.set_num_threads(previous)
 
 
-def _build(tasks, cache_dir, recipe, seed) -> Assets:
+def _shipped_source(shipped, seed: int, recipe: Recipe) -> Optional[ShippedAssets]:
+    if shipped is False:
+        return None
+    source = ShippedAssets.find(None if shipped is True else shipped, seed)
+    return source if source is not None and source.matches(MANIFEST_VERSION, recipe.to_dict()) else None
+
+
+def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
     from transformers import CLIPModel, CLIPProcessor
 
     assets = Assets(cache_dir, recipe.seed if recipe else seed)
@@ -251,6 +265,20 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
     log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, ", ".join(todo))
     suite = list(TASK_NAMES[: recipe.suite])
     timings: Dict[str, float] = manifest["timings_s"]
+    source, verified = _shipped_source(shipped, assets.seed, recipe), []
+
+    def copy_shipped(artefact: str, dest: Path) -> bool:
+        if source is None or artefact not in source.artefacts:
+            return False
+        start = time.perf_counter()
+        if not verified:
+            source.verify()  # every file, before the first is copied: all or nothing
+            verified.append(True)
+        source.install(artefact, dest)
+        manifest["shipped"] = sorted(set(manifest.get("shipped", [])) | {artefact})
+        log.info("copied %s from the weights shipped in the package (python -m fusion_bench_larv.synth build --from-scratch trains it)", artefact)
+        done(artefact, start)
+        return True
 
     def done(name: str, start: float) -> None:
         timings[name] = round(time.perf_counter() - start, 1)
@@ -273,7 +301,10 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
                     _save_dataset(images, labels, classnames, tmp / split)
             done(f"data/{task}", start)
 
-    if "pretrained" in todo:
+    if "pretrained" in todo and copy_shipped("pretrained", assets.pretrained):
+        manifest["pretrain_loss"] = source.index.get("pretrain_loss")
+        atomic_write_json(assets.manifest, manifest, indent=2)
+    elif "pretrained" in todo:
         start = time.perf_counter()
         from tqdm.auto import tqdm
 
@@ -314,6 +345,8 @@ def _build(tasks, cache_dir, recipe, seed) -> Assets:
         done("pretrained", start)
 
     todo_ft = [t for t in tasks if f"finetuned/{t}" in todo]
+    if source is not None and source.holds_pretrained_of(assets.pretrained):
+        todo_ft = [t for t in todo_ft if not copy_shipped(f"finetuned/{t}", assets.finetuned(t))]
     if todo_ft:
         from tqdm.auto import tqdm
 
