@@ -61,6 +61,7 @@ class ShippedAssets:
     def __init__(self, folder: Path, index: dict):
         self.folder = folder
         self.index = index
+        self._verified = False
 
     @classmethod
     def find(cls, root: Union[str, Path, None] = None, seed: int = 0) -> Optional["ShippedAssets"]:
@@ -101,10 +102,13 @@ class ShippedAssets:
                 )
 
     def install(self, artefact: str, dest: Path) -> None:
-        """Copy ``artefact`` (checked against its digests) to ``dest``, atomically."""
+        """Copy ``artefact`` to ``dest``, atomically. The first call checks every shipped file
+        against its digest, before anything is copied: all or nothing."""
         if artefact not in self.artefacts:
             raise KeyError(f"{artefact!r} is not shipped; shipped: {self.artefacts}")
-        self.verify(artefact)
+        if not self._verified:
+            self.verify()
+            self._verified = True
         with atomic_dir(dest) as tmp:
             for name in self.index["files"]:
                 if name.startswith(artefact + "/"):
