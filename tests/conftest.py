@@ -20,7 +20,7 @@ from fusion_bench_larv.paper.reproduce import fusion_bench_executable  # noqa: F
 from fusion_bench_larv.synth.build import Assets, Recipe, build
 from hub_fixture import HubCache, build_hub_cache
 from fusion_bench_larv.synth.model import ModelSize
-from fusion_bench_larv.synth.tasks import TASK_NAMES
+from fusion_bench_larv.synth.tasks import suite_tasks
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -184,7 +184,7 @@ def tiny_synth(tmp_path_factory) -> TinySynth:
     """
     cache_dir = tmp_path_factory.mktemp("tiny_synth")
     recipe = tiny_recipe()
-    tasks = list(TASK_NAMES[: recipe.suite])
+    tasks = list(suite_tasks(recipe.suite))
     build(tasks, cache_dir=cache_dir, recipe=recipe)
     return TinySynth(cache_dir=cache_dir, tasks=tasks, recipe=recipe)
 

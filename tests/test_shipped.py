@@ -102,7 +102,7 @@ def test_a_damaged_shipped_file_is_refused_before_anything_is_copied(tmp_path):
 def test_ship_cli_refuses_an_incomplete_build_and_reports_digests(tmp_path, capsys):
     recipe = tiny_recipe(layers=2, suite=8, pretrain_steps=2, finetune_steps=1, pretrain_per_task=8, n_train=16, n_test=8)
     made = build(list(SUITES[8][:2]), cache_dir=tmp_path / "made", recipe=recipe, shipped=False)
-    with pytest.raises(ValueError, match=r"tinyclip_synth_seed0 lacks finetuned/digits, finetuned/handwritten_digits, .*, finetuned/counting; build it first"):
+    with pytest.raises(ValueError, match=r"tinyclip_synth_seed0 lacks finetuned/digits, finetuned/handwritten_digits, .*, finetuned/arrows; build it first"):
         synth_main(["ship", "--cache-dir", str(tmp_path / "made"), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
     build(list(SUITES[8]), cache_dir=tmp_path / "made", recipe=recipe, shipped=False)

@@ -16,7 +16,7 @@ import yaml
 from fusion_bench_larv.synth import build as build_mod
 from fusion_bench_larv.synth import model as model_mod
 from fusion_bench_larv.synth.build import Assets, Recipe, build, default_cache_dir, ensure
-from fusion_bench_larv.synth.tasks import SUITES, TASK_NAMES, TASKS, generate, prompts
+from fusion_bench_larv.synth.tasks import SUITES, TASK_NAMES, TASKS, generate, prompts, suite_tasks
 
 from conftest import OFFLINE_ENV, compose_config, fusion_bench_executable, tiny_recipe
 
@@ -36,7 +36,11 @@ def test_generator_is_deterministic(task):
 
 def test_suite_shape_and_prompts():
     assert len(TASK_NAMES) == 20 and len(set(TASK_NAMES)) == 20
-    assert SUITES[8] == TASK_NAMES[:8] and SUITES[14][:8] == SUITES[8] and SUITES[20][:14] == SUITES[14]
+    assert SUITES[14][:8] == SUITES[8] and SUITES[20][:14] == SUITES[14] and sorted(SUITES[20]) == sorted(TASK_NAMES)
+    assert "handwritten_digits" in SUITES[8]  # real data in the 8-task suite
+    # the suite order never changes what the generator draws: pretraining covers a suite's tasks
+    # in the generator's order, which for the full suite is TASK_NAMES itself
+    assert suite_tasks(20) == TASK_NAMES and set(suite_tasks(8)) == set(SUITES[8])
     for name in TASK_NAMES:
         classnames, templates = prompts(name)
         assert len(classnames) >= 2 and len(set(classnames)) == len(classnames), name

@@ -16,7 +16,7 @@ import time
 
 from .build import Recipe, build, default_cache_dir, ensure
 from .model import ModelSize
-from .tasks import SUITES, TASK_NAMES
+from .tasks import SUITE_ORDER, SUITES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
-        for i, name in enumerate(TASK_NAMES):
+        for i, name in enumerate(SUITE_ORDER):
             print(f"{i + 1:2d} {name}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

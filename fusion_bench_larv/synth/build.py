@@ -35,7 +35,7 @@ import torch
 from ..atomic import atomic_dir, atomic_write_json
 from .model import ModelSize
 from .shipped import ShippedAssets
-from .tasks import TASK_NAMES, generate, prompts
+from .tasks import SUITES, TASK_NAMES, generate, prompts, suite_tasks
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class Recipe:
 
     Attributes:
         seed: suite seed (data, initialisation, batch order).
-        suite: the first ``suite`` tasks of ``TASK_NAMES`` caption the pretraining data; every
-            built task must be one of them.
+        suite: the first ``suite`` tasks of ``tasks.SUITE_ORDER`` caption the pretraining data
+            (in the generator's order, ``tasks.suite_tasks``); every built task must be one of them.
         n_train / n_test: images per task and split (``handwritten_digits`` is capped by the
             1797 UCI digits: 20% test).
         pretrain_per_task: pretraining images per suite task (own random stream).
@@ -82,7 +82,7 @@ class Recipe:
     pretrain_label_weight: float = 1.0
     finetune_steps: int = 250
     finetune_batch: int = 64
-    finetune_lr: float = 2.5e-5
+    finetune_lr: float = 2e-5
     finetune_logit_scale: float = 100.0
     weight_decay: float = 0.1
     model: ModelSize = field(default_factory=ModelSize)
@@ -187,7 +187,7 @@ def _pairs(classnames, templates):
 
 
 def check_tasks(tasks: Sequence[str], recipe: Recipe) -> List[str]:
-    suite = TASK_NAMES[: recipe.suite]
+    suite = suite_tasks(recipe.suite)
     bad = [t for t in tasks if t not in suite]
     if bad:
         raise ValueError(f"tasks {bad} are not in this recipe's suite (suite={recipe.suite}): {list(suite)}")
@@ -263,7 +263,7 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
     assets.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(assets.manifest, manifest, indent=2)
     log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, ", ".join(todo))
-    suite = list(TASK_NAMES[: recipe.suite])
+    suite = list(suite_tasks(recipe.suite))
     timings: Dict[str, float] = manifest["timings_s"]
     source = _shipped_source(shipped, assets.seed, recipe)
 
@@ -387,7 +387,7 @@ def ensure(
     if not missing:
         assets.check_version()  # a build below checks it itself
         return assets
-    n = next((k for k in (8, 14, 20) if set(tasks) <= set(TASK_NAMES[:k])), len(TASK_NAMES))
+    n = next((k for k in (8, 14, 20) if set(tasks) <= set(SUITES[k])), len(TASK_NAMES))
     command = BUILD_COMMAND.format(n=n) + (f" --seed {seed}" if seed else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
     if not build_if_missing:
         raise FileNotFoundError(

@@ -21,8 +21,9 @@ and so the zero-shot head, knows it.
 Determinism: everything is drawn from ``numpy.random.default_rng`` seeded by
 ``(seed, task index, split)``; the same seed gives byte-identical images.
 
-``TASK_NAMES`` is ordered so that its first 8 / 14 / 20 entries form the ``tinyclip_synth8`` /
-``14`` / ``20`` suites (mirroring TA8 / TALL14 / TALL20).
+``TASK_NAMES`` is the generator's order (it numbers the frames and orders the pretraining
+data); ``SUITE_ORDER`` ranks the same 20 tasks so that its first 8 / 14 / 20 entries form the
+``tinyclip_synth8`` / ``14`` / ``20`` suites (mirroring TA8 / TALL14 / TALL20).
 """
 
 from __future__ import annotations
@@ -578,7 +579,8 @@ def _register(name, classnames, templates, sample, focus=None):
     TASKS[name] = TaskSpec(name, tuple(classnames), tuple(templates), sample, focus, _COVERAGE.get(name, _DEFAULT_COVERAGE))
 
 
-# The first 8 / 14 / 20 form the synth8 / synth14 / synth20 suites.
+# Registration order is the generator's order (frame index, pretraining data); the suites are
+# cut from SUITE_ORDER below. The comments name the suite a task first joins.
 _register("shapes", SHAPES, ["a photo of a {}.", "a {} shape.", "an image of a {}."], lambda y, rng: _single(rng, name=SHAPES[y]))
 _register("colors", list(FG_COLOURS), ["a photo of a {} object.", "something {}.", "a {} shape."], lambda y, rng: _any_object(rng, colour=list(FG_COLOURS)[y]), focus="colour")
 _register("digits", DIGITS, ['a photo of the number: "{}".', "a photo of the digit {}.", "the number {}."], _digit_scene)
@@ -586,14 +588,14 @@ _register(_HANDWRITTEN, DIGITS, ["a photo of the handwritten digit {}.", "handwr
 _register("textures", TEXTURES, ["a photo of a {} background.", "a {} texture.", "a {} pattern."], _attr_task("texture", TEXTURES), focus="texture")
 _register("letters", LETTERS, ['a photo of the letter "{}".', "the letter {}.", "a photo of the uppercase letter {}."], _letter_scene)
 _register("position", POSITIONS, ["a photo of an object at the {}.", "a shape at the {}.", "something in the {}."], lambda y, rng: _any_object(rng, position=POSITIONS[y], size="small"), focus="position")
-_register("counting", COUNTS, ["a photo of {} objects.", "{} shapes.", "a picture of {} things."], _counting_scene)
+_register("counting", COUNTS, ["a photo of {} objects.", "{} shapes.", "a picture of {} things."], _counting_scene)  # synth14
 # synth14
 _register("orientation", ORIENTATIONS, ["a photo of a {} bar.", "a {} line.", "a {} stripe."], _orientation_scene)
 _register("size", SIZES, ["a photo of a {} object.", "a {} shape.", "a {} thing."], lambda y, rng: _any_object(rng, size=SIZES[y]), focus="size")
 _register("noise", NOISES, ["a {} photo.", "a {} image.", "a photo that is {}."], _attr_task("noise", NOISES), focus="noise")
 _register("background", list(BG_COLOURS), ["a photo on a {} background.", "an object on {}.", "a {} background."], _attr_task("background", list(BG_COLOURS)), focus="background")
 _register("fonts", _TEXT_FONTS, ["a letter in {} font.", "text in a {} font.", "a photo of {} type."], _font_scene, focus="font")
-_register("arrows", ARROWS, ["a photo of an arrow pointing {}.", "an arrow pointing {}.", "a {} arrow."], _arrow_scene)
+_register("arrows", ARROWS, ["a photo of an arrow pointing {}.", "an arrow pointing {}.", "a {} arrow."], _arrow_scene)  # synth8
 # synth20
 _register("symbols", list(SYMBOLS), ["a photo of a {} symbol.", "a {} sign.", "the {} symbol."], _symbol_scene)
 _register("greek", list(GREEK), ["a photo of the greek letter {}.", "the greek letter {}.", "the symbol {}."], _greek_scene)
@@ -603,7 +605,18 @@ _register("fill", FILLS, ["a photo of a {} shape.", "a {} object.", "something {
 _register("case", ["uppercase", "lowercase"], ["a photo of an {} letter.", "an {} letter.", "a {} character."], _case_scene, focus="case")
 
 TASK_NAMES: Tuple[str, ...] = tuple(TASKS)
-SUITES: Dict[int, Tuple[str, ...]] = {8: TASK_NAMES[:8], 14: TASK_NAMES[:14], 20: TASK_NAMES[:20]}
+
+# ``counting`` barely gains from fine-tuning at this model size (38 % individual against 36 %
+# zero-shot), unlike every TA8 task; ``arrows`` (the traffic-sign-like task) takes its place in
+# the 8-task suite and ``counting`` joins at 14 (docs/benchmark.md, "The suite").
+SUITE_ORDER: Tuple[str, ...] = (*TASK_NAMES[:7], "arrows", *TASK_NAMES[8:13], "counting", *TASK_NAMES[14:])
+SUITES: Dict[int, Tuple[str, ...]] = {n: SUITE_ORDER[:n] for n in (8, 14, 20)}
+
+
+def suite_tasks(n: int) -> Tuple[str, ...]:
+    """The first ``n`` tasks of ``SUITE_ORDER``, in the generator's order (``TASK_NAMES``)."""
+    chosen = set(SUITE_ORDER[:n])
+    return tuple(t for t in TASK_NAMES if t in chosen)
 
 
 def task_seed(seed: int, task: str, split: str) -> np.random.SeedSequence:
