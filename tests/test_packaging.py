@@ -111,6 +111,9 @@ def test_wheel_carries_the_shipped_weights_and_configs(tmp_path):
          "--quiet", "-w", str(tmp_path / "dist"), str(src)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # every folder of package data is a listed package: no "Package would be ignored" warning,
+    # which pip shows at every install and which announces that such files will be left out
+    assert "would be ignored" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("fusion_bench_larv-*.whl")
     with zipfile.ZipFile(wheel) as z:
         sizes = {info.filename: info.file_size for info in z.infolist()}
