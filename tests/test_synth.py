@@ -34,6 +34,27 @@ def test_generator_is_deterministic(task):
     assert not np.array_equal(a, c) and not np.array_equal(a, d)
 
 
+def test_glyphs_use_raqm_and_a_pillow_without_it_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from PIL import ImageFont
+
+    from fusion_bench_larv.synth import tasks as tasks_mod
+
+    assert tasks_mod._font("sans-serif", 20).layout_engine == ImageFont.Layout.RAQM
+    real_check = tasks_mod.features.check
+    monkeypatch.setattr(tasks_mod.features, "check", lambda name: False if name == "raqm" else real_check(name))
+    tasks_mod._font.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"no Raqm support.*apt-get install libfribidi0"):
+            generate("digits", "test", 2, seed=0)
+        generate("shapes", "test", 2, seed=0)  # no glyph drawn: no text layout needed
+        cache = tmp_path / "cache"
+        with pytest.raises(RuntimeError, match="Raqm"):
+            build(["shapes"], cache_dir=cache, recipe=tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1))
+        assert not cache.exists() or not any(cache.rglob("*"))
+    finally:
+        tasks_mod._font.cache_clear()
+
+
 def test_suite_shape_and_prompts():
     assert len(TASK_NAMES) == 20 and len(set(TASK_NAMES)) == 20
     assert SUITES[14][:8] == SUITES[8] and SUITES[20][:14] == SUITES[14] and sorted(SUITES[20]) == sorted(TASK_NAMES)

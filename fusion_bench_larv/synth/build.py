@@ -35,7 +35,7 @@ import torch
 from ..atomic import atomic_dir, atomic_write_json
 from .model import ModelSize
 from .shipped import ShippedAssets
-from .tasks import SUITES, TASK_NAMES, generate, prompts, suite_tasks
+from .tasks import SUITES, TASK_NAMES, check_text_layout, generate, prompts, suite_tasks
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +260,14 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
     if not todo:
         log.info("tinyclip_synth assets complete in %s", assets.root)
         return assets
+    source = _shipped_source(shipped, assets.seed, recipe)
+    if any(a.startswith("data/") for a in todo) or ("pretrained" in todo and source is None):
+        check_text_layout()  # images are drawn: refuse before anything is written
     assets.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(assets.manifest, manifest, indent=2)
     log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, ", ".join(todo))
     suite = list(suite_tasks(recipe.suite))
     timings: Dict[str, float] = manifest["timings_s"]
-    source = _shipped_source(shipped, assets.seed, recipe)
 
     def copy_shipped(artefact: str, dest: Path) -> bool:
         if source is None or artefact not in source.artefacts:

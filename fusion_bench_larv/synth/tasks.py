@@ -3,10 +3,11 @@
 Every image is a 32×32 RGB *scene* drawn from one generative model: a background colour and
 texture, one or more objects (a geometric shape, an arrow, a bar, or a glyph rendered with one
 of matplotlib's bundled fonts), a fill style, a position and size, a global brightness and a
-corruption ("noise"). A task labels **one** attribute of the scene and randomises the others, so
-the 20 tasks share one image distribution but ask different questions of it, the way TA8 /
-TALL20 mix object, texture, digit and scene recognition. One task (``handwritten_digits``) is
-real data: scikit-learn's bundled 8×8 handwritten digits (UCI), upscaled.
+corruption ("noise"). A task labels **one** attribute of the scene and randomises the others,
+the way TA8 / TALL20 mix object, texture, digit and scene recognition, and frames its images in
+its own pair of colours (:func:`add_frame`), so that every task has an image domain of its own.
+One task (``handwritten_digits``) is real data: scikit-learn's bundled 8×8 handwritten digits
+(UCI), upscaled.
 
 Objects of the identity tasks are large and roughly centred on a plain background, and glyphs
 use two fonts (except in ``fonts``): a 12-block ViT of width 64 trained for minutes learns these,
@@ -19,7 +20,10 @@ caption for contrastive pretraining. A caption names its image's label with prob
 and so the zero-shot head, knows it.
 
 Determinism: everything is drawn from ``numpy.random.default_rng`` seeded by
-``(seed, task index, split)``; the same seed gives byte-identical images.
+``(seed, task name, split)`` (:func:`task_seed`); the same seed gives byte-identical images.
+Glyphs are laid out by Pillow's Raqm engine, never its basic one: the two place glyphs
+differently, so a machine whose Pillow lacks Raqm would draw other images, and
+:func:`check_text_layout` refuses to generate there.
 
 ``TASK_NAMES`` is the generator's order (it numbers the frames and orders the pretraining
 data); ``SUITE_ORDER`` ranks the same 20 tasks so that its first 8 / 14 / 20 entries form the
@@ -37,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
 
 IMAGE_SIZE = 32
 _CANVAS = 64  # scenes are drawn at 2× and downsampled (anti-aliasing)
@@ -109,10 +113,29 @@ FONTS = {
 _TEXT_FONTS = ["sans-serif", "serif", "monospace", "bold", "italic"]
 
 
+def check_text_layout() -> None:
+    """Raise unless Pillow can lay glyphs out with Raqm, the layout every build so far used.
+
+    Pillow falls back to its basic layout where Raqm is missing (on Linux, Raqm needs the
+    system's FriBiDi library). The basic layout moves a glyph by a pixel here and there: about a
+    fifth of the ``digits`` and ``letters`` images change, so the suite would no longer be the
+    one the shipped weights and the documented results were made on.
+    """
+    if not features.check("raqm"):
+        raise RuntimeError(
+            "tinyclip_synth draws its glyphs with Pillow's Raqm text layout, and this Pillow has no "
+            "Raqm support, so the images would differ from the suite's. On Linux Raqm needs the "
+            "FriBiDi library: install it (Debian/Ubuntu: apt-get install libfribidi0; Fedora: dnf "
+            "install fribidi; conda: conda install fribidi) and run again. "
+            "python -c \"from PIL import features; print(features.check('raqm'))\" should print True."
+        )
+
+
 @functools.lru_cache(maxsize=None)
 def _font(style: str, size: int) -> ImageFont.FreeTypeFont:
+    check_text_layout()
     ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / FONTS[style]
-    return ImageFont.truetype(str(ttf), size)
+    return ImageFont.truetype(str(ttf), size, layout_engine=ImageFont.Layout.RAQM)
 
 
 # --- scenes -------------------------------------------------------------------------------
