@@ -112,11 +112,16 @@ def tier_figure(mids, deeps, matrix, title: str, *, ylabel: str = "middle tier s
     ax.set_yticks(range(len(mids)), [tier_label(m) for m in mids])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(textwrap.fill(title, width=48), fontsize=8)
+    # about 12 characters of 8-pt text per inch of figure
+    ax.set_title(textwrap.fill(title, width=max(48, int(12 * fig.get_figwidth()))), fontsize=8)
     for i in range(len(mids)):
         for j in range(len(deeps)):
-            ax.text(j, i, MISSING if not np.isfinite(data[i, j]) else fmt.format(data[i, j]), ha="center",
-                    va="center", fontsize=7)
+            value = data[i, j]
+            # white on the dark ends of the colour map (both ends of RdBu_r, the low end of viridis)
+            shade = float(norm(value)) if np.isfinite(value) else 0.5
+            dark = shade > 0.8 or shade < 0.2 if centered else shade < 0.35
+            ax.text(j, i, MISSING if not np.isfinite(value) else fmt.format(value), ha="center",
+                    va="center", fontsize=7, color="white" if dark else "black")
     fig.colorbar(im, ax=ax, label=value_label)
     fig.tight_layout()
     return fig
