@@ -172,7 +172,14 @@ def _save_dataset(images: np.ndarray, labels: np.ndarray, classnames: List[str],
     ds = datasets.Dataset.from_dict(
         {"image": [Image.fromarray(x) for x in images], "label": labels.tolist()}, features=features
     )
-    ds.save_to_disk(str(path))
+    quiet = datasets.is_progress_bar_enabled()  # the build's own bar counts the datasets
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        ds.save_to_disk(str(path))
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
 
 
 def _load_split(assets: Assets, task: str, split: str):
@@ -290,23 +297,22 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
         atomic_write_json(assets.prompts, table, indent=2)
         done("prompts", start)
 
-    for task in tasks:
-        if f"data/{task}" in todo:
-            start = time.perf_counter()
-            classnames, _ = prompts(task)
-            with atomic_dir(assets.data(task)) as tmp:
-                for split, n in (("train", recipe.n_train), ("test", recipe.n_test)):
-                    images, labels = generate(task, split, n, recipe.seed)
-                    _save_dataset(images, labels, classnames, tmp / split)
-            done(f"data/{task}", start)
+    from tqdm.auto import tqdm
+
+    for task in tqdm([t for t in tasks if f"data/{t}" in todo], desc="generate datasets", unit="task"):
+        start = time.perf_counter()
+        classnames, _ = prompts(task)
+        with atomic_dir(assets.data(task)) as tmp:
+            for split, n in (("train", recipe.n_train), ("test", recipe.n_test)):
+                images, labels = generate(task, split, n, recipe.seed)
+                _save_dataset(images, labels, classnames, tmp / split)
+        done(f"data/{task}", start)
 
     if "pretrained" in todo and copy_shipped("pretrained", assets.pretrained):
         manifest["pretrain_loss"] = source.index.get("pretrain_loss")
         atomic_write_json(assets.manifest, manifest, indent=2)
     elif "pretrained" in todo:
         start = time.perf_counter()
-        from tqdm.auto import tqdm
-
         from . import model as M
 
         images, captions, groups, labels = [], [], [], []
@@ -347,8 +353,6 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
     if source is not None and source.holds_pretrained_of(assets.pretrained):
         todo_ft = [t for t in todo_ft if not copy_shipped(f"finetuned/{t}", assets.finetuned(t))]
     if todo_ft:
-        from tqdm.auto import tqdm
-
         from . import model as M
 
         clip = CLIPModel.from_pretrained(str(assets.pretrained)).eval()
