@@ -160,7 +160,7 @@ def _offline_tmp_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> TinySynth:
-    """A down-sized ``tinyclip_synth`` build (about 10-20 s on 2 cores), shared by the session.
+    """A down-sized ``tinyclip_synth`` build (a few seconds on 2 cores), shared by the session.
 
     Same code path as the real build (``fusion_bench_larv.synth.build.build``) with
     ``tiny_recipe()``: the first 4 tasks (shapes, colors, digits, handwritten_digits), a CLIP
