@@ -34,7 +34,7 @@ def _forbidden(*args, **kwargs):
     raise AssertionError("this model should have been copied, not trained")
 
 
-def test_build_copies_the_shipped_weights_only_where_they_are_this_builds(tmp_path, monkeypatch):
+def test_build_copies_the_shipped_weights_only_where_they_are_this_builds(tmp_path, monkeypatch, caplog):
     recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=3, finetune_steps=2)
     tasks = list(TASK_NAMES[:2])
     made = build(tasks, cache_dir=tmp_path / "made", recipe=recipe, shipped=False)
@@ -52,8 +52,15 @@ def test_build_copies_the_shipped_weights_only_where_they_are_this_builds(tmp_pa
     real_finetune = model_mod.finetune
     monkeypatch.setattr(model_mod, "pretrain", _forbidden)
     monkeypatch.setattr(model_mod, "finetune", lambda *a, **kw: trained.append(kw["desc"]) or real_finetune(*a, **kw))
-    got = build(tasks, cache_dir=tmp_path / "copy", recipe=recipe, shipped=root)
+    with caplog.at_level("INFO", logger=build_mod.__name__):
+        got = build(tasks, cache_dir=tmp_path / "copy", recipe=recipe, shipped=root)
     assert trained == [f"fine-tune {tasks[1]}"]
+    # one line for the copies and one per stage, none per artefact (a progress bar counts those)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert [line.split(" from ")[0] for line in lines if line.startswith("copied")] == [f"copied pretrained; finetuned (1): {tasks[0]}"]
+    assert any(line.startswith("generated 2 dataset(s) in ") for line in lines)
+    assert any(line.startswith("fine-tuned 1 tower(s) in ") for line in lines)
+    assert not [line for line in lines if line.startswith("built")], lines
     assert got.read_manifest()["shipped"] == sorted(["pretrained", f"finetuned/{tasks[0]}"])
     for name in ("pretrained/model.safetensors", *(f"finetuned/{t}/model.safetensors" for t in tasks)):
         assert (got.root / name).read_bytes() == (made.root / name).read_bytes(), name

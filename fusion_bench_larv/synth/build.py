@@ -160,6 +160,17 @@ class Assets:
         return Recipe(**manifest["recipe"]) if manifest else None
 
 
+def describe_artefacts(artefacts: Sequence[str]) -> str:
+    """``["prompts", "data/a", "data/b", "finetuned/a"]`` → ``"prompts; data (2): a, b; finetuned (1): a"``."""
+    groups: Dict[str, List[str]] = {}
+    for artefact in artefacts:
+        kind, _, task = artefact.partition("/")
+        groups.setdefault(kind, [])
+        if task:
+            groups[kind].append(task)
+    return "; ".join(f"{kind} ({len(names)}): {', '.join(names)}" if names else kind for kind, names in groups.items())
+
+
 def _torch_seed(recipe: Recipe, what: str) -> int:
     return (recipe.seed * 1_000_003 + zlib.crc32(what.encode())) % (2**31)
 
@@ -272,9 +283,11 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
         check_text_layout()  # images are drawn: refuse before anything is written
     assets.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(assets.manifest, manifest, indent=2)
-    log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, ", ".join(todo))
+    log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, describe_artefacts(todo))
     suite = list(suite_tasks(recipe.suite))
     timings: Dict[str, float] = manifest["timings_s"]
+
+    copied: List[str] = []
 
     def copy_shipped(artefact: str, dest: Path) -> bool:
         if source is None or artefact not in source.artefacts:
@@ -282,31 +295,36 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
         start = time.perf_counter()
         source.install(artefact, dest)
         manifest["shipped"] = sorted(set(manifest.get("shipped", [])) | {artefact})
-        log.info("copied %s from the weights shipped in the package (python -m fusion_bench_larv.synth build --from-scratch trains it)", artefact)
-        done(artefact, start)
+        copied.append(artefact)
+        done(artefact, start, level=logging.DEBUG)
         return True
 
-    def done(name: str, start: float) -> None:
+    def done(name: str, start: float, level: int = logging.INFO) -> None:
+        # one line per artefact only where no progress bar counts them (it would break the bar)
         timings[name] = round(time.perf_counter() - start, 1)
         atomic_write_json(assets.manifest, manifest, indent=2)
-        log.info("built %s in %.1f s", name, timings[name])
+        log.log(level, "built %s in %.1f s", name, timings[name])
 
     if "prompts" in todo:
         start = time.perf_counter()
         table = {t: dict(zip(("classnames", "templates"), prompts(t))) for t in suite}
         atomic_write_json(assets.prompts, table, indent=2)
-        done("prompts", start)
+        done("prompts", start, level=logging.DEBUG)
 
     from tqdm.auto import tqdm
 
-    for task in tqdm([t for t in tasks if f"data/{t}" in todo], desc="generate datasets", unit="task"):
+    todo_data = [t for t in tasks if f"data/{t}" in todo]
+    loop_start = time.perf_counter()
+    for task in tqdm(todo_data, desc="generate datasets", unit="task"):
         start = time.perf_counter()
         classnames, _ = prompts(task)
         with atomic_dir(assets.data(task)) as tmp:
             for split, n in (("train", recipe.n_train), ("test", recipe.n_test)):
                 images, labels = generate(task, split, n, recipe.seed)
                 _save_dataset(images, labels, classnames, tmp / split)
-        done(f"data/{task}", start)
+        done(f"data/{task}", start, level=logging.DEBUG)
+    if todo_data:
+        log.info("generated %d dataset(s) in %.1f s", len(todo_data), time.perf_counter() - loop_start)
 
     if "pretrained" in todo and copy_shipped("pretrained", assets.pretrained):
         manifest["pretrain_loss"] = source.index.get("pretrain_loss")
@@ -352,7 +370,14 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
     todo_ft = [t for t in tasks if f"finetuned/{t}" in todo]
     if source is not None and source.holds_pretrained_of(assets.pretrained):
         todo_ft = [t for t in todo_ft if not copy_shipped(f"finetuned/{t}", assets.finetuned(t))]
+    if copied:
+        log.info(
+            "copied %s from the weights shipped in the package, digests checked "
+            "(python -m fusion_bench_larv.synth build --from-scratch trains them instead)",
+            describe_artefacts(copied),
+        )
     if todo_ft:
+        loop_start = time.perf_counter()
         from . import model as M
 
         clip = CLIPModel.from_pretrained(str(assets.pretrained)).eval()
@@ -376,7 +401,8 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
             )
             with atomic_dir(assets.finetuned(task)) as tmp:
                 tower.save_pretrained(tmp)
-            done(f"finetuned/{task}", start)
+            done(f"finetuned/{task}", start, level=logging.DEBUG)
+        log.info("fine-tuned %d tower(s) in %.1f s", len(todo_ft), time.perf_counter() - loop_start)
     return assets
 
 
@@ -399,5 +425,5 @@ def ensure(
         raise FileNotFoundError(
             f"tinyclip_synth assets missing in {assets.root}: {', '.join(missing)}. Build them with: {command}"
         )
-    log.warning("tinyclip_synth assets missing in %s (%s); building them now (same as `%s`)", assets.root, ", ".join(missing), command)
+    log.warning("tinyclip_synth assets missing in %s; building them now (same as `%s`)", assets.root, command)
     return build(tasks, cache_dir=cache_dir, seed=seed)
