@@ -300,7 +300,7 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
         return True
 
     def done(name: str, start: float, level: int = logging.INFO) -> None:
-        # one line per artefact only where no progress bar counts them (it would break the bar)
+        # per-artefact lines go to DEBUG where a stage's own line or progress bar covers them
         timings[name] = round(time.perf_counter() - start, 1)
         atomic_write_json(assets.manifest, manifest, indent=2)
         log.log(level, "built %s in %.1f s", name, timings[name])
