@@ -2,11 +2,16 @@
 
 LARV (Layer-wise Adaptive Rescaling Veneer; Wang, Deng, Dou, Bi, Lu, arXiv 2602.09413) gives
 every transformer block l a data-free scale lambda_l computed from the weights alone and rescales
-that block's task vectors (``apply: pre``) or, equivalently for mergers that are positively
-homogeneous per block, the block's merged update (``apply: post``, the default):
+that block's task vectors before the merger aggregates them (``apply: pre``, the default: the
+paper's words) or the block's merged update (``apply: post``):
 
+    θ = M(θ0, {λ ⊙ τ_t})                (pre, the paper's "before aggregation")
     θ = θ0 + λ ⊙ M(θ0, {τ_t})           (post)
-    θ = M(θ0, {λ ⊙ τ_t})                (pre, the paper's literal "before aggregation")
+
+For mergers that are positively homogeneous per block (the merger table's ``homogeneous``:
+task arithmetic, simple averaging, TSV-M, Iso-C, Iso-CTS, DARE with its mask fixed, MagMax) the
+two are the same model, and ``pre`` runs the cheaper ``post`` path (one merge); TIES and WUDI run
+``pre`` literally (the merger runs twice: once for the diagnostics, once on the rescaled models).
 
 docs/method.md defines every quantity and says which choices are the paper's and which are ours.
 The math lives in ``diagnostics.py`` and ``gates.py``, the name → block → scale resolution in
@@ -18,10 +23,10 @@ default ``base_method``, taken from ``defaults.BASE_MERGERS``.
 
 import copy
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from fusion_bench import BaseAlgorithm, BaseModelPool, auto_register_config
@@ -29,20 +34,24 @@ from fusion_bench.mixins import LightningFabricMixin, SimpleProfilerMixin
 from fusion_bench.utils import instantiate
 
 from .blocks import BlockLayout, diagnostic_keys, find_blocks
-from .checkpoints import check_checkpoint, checkpoint_path, tied_groups
-from .defaults import BASE_MERGERS, DEFAULT_TIERS
+from .defaults import BASE_MERGERS, DEFAULT_TIERS, Merger, config_of, merger_of, unit_scale_config
 from .diagnostics import RANK_METHODS, block_diagnostics, combine_diagnostics, rank_method_dtype
-from .gates import GATES, TIER_ASSIGNMENTS
+from .gate_table import GATES, Gate
+from .gates import TIER_ASSIGNMENTS, lines_alpha
 from .linalg import CPU_LINALG
 from .rank_cache import process_rank_cache
 from .report import save_layer_report
 from .schedule import APPLIES, CONFLICTS, SOURCES, LayerSchedule, build_schedule
-from .settings import (block_pattern_value, check_base_method_values, check_gate_range, check_unknown_keys,
-                       choice, real, tiers_value)
-from .state_dicts import Delta, check_compatible, check_finite, float_state_dict, rescale_update_, restore_, snapshot
-from .watched_pool import PRETRAINED, PoolModelError, aliases_any, check_half_precision, watched_pool
+from .settings import (alpha_value, block_pattern_value, check_base_method_values, check_unknown_keys, choice,
+                       real, tiers_value)
+from .state_dicts import Delta, check_compatible, check_finite, float_state_dict, rescale_update_, restore_, task_sum_l1
+from .watched_pool import PRETRAINED, PoolModelError, aliases_any, checked_pool, load_theta0, watched_pool
 
 log = logging.getLogger(__name__)
+
+#: the settings the gates read (``gate_table.Gate.keys``)
+GATE_KEYS = ("tiers", "tier_assignment", "amplitude", "steepness", "min_scale", "max_scale", "lines_alpha",
+             "lines_beta")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -61,7 +70,9 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             recursion, with this program's fabric handed over) or a ``BaseAlgorithm``. The
             named subclasses (``LARVIsoC``, ...) default it to FusionBench's CLIP settings.
         gate: ``tiered`` (the paper's main variant) | ``continuous`` (the paper's ablation) |
-            ``linear_depth`` (LiNeS-style baseline) | ``identity`` (λ = 1: the bare merger).
+            ``linear_depth`` (a fixed linear ramp, ours) | ``lines`` (LiNeS as published: the ramp
+            α + β ℓ/(L−1) on the merger's update at scale 1) | ``identity`` (λ = 1: the bare
+            merger). The records are ``gate_table.GATES``.
         tiers: tier values, lowest-scored blocks first; 2 or more levels, each finite and >= 0
             (0 switches a tier off), not all 0. Default [0.6, 1.0, 1.2] is ours, not the paper's.
         tier_assignment: ``score`` (rank blocks by s) or ``depth`` (depth-only ablation).
@@ -70,13 +81,17 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         conflict: ``base`` (commutator of W0 and D) or ``pairwise`` (between task updates).
         source: ``merged`` (D = the base merger's update Δ) or ``task_vectors`` (D = τ_t,
             diagnostics averaged over tasks).
-        apply: ``post`` (θ0 + λ ⊙ Δ) or ``pre`` (the base merger runs on θ0 + λ ⊙ τ_t).
+        apply: ``pre`` (the base merger runs on θ0 + λ ⊙ τ_t; the paper's words, default) or
+            ``post`` (θ0 + λ ⊙ Δ); ``pre`` runs as ``post`` where both give the same model, and
+            the ``lines`` gate always rescales the merged update (LiNeS's rule).
         non_block_scale: scale of every parameter outside the blocks (ours: 1).
         amplitude, steepness: a and γ of the continuous gate λ = 1 + a tanh(γ (s/median(s) − 1)).
             a > 1 could give λ < 0 (flipped task vectors) and needs ``min_scale >= 0``.
         min_scale, max_scale: optional clamp of the continuous gate (``max_scale: 0`` is refused).
-        lines_alpha, lines_beta: α and β of the linear_depth gate λ = α + β ℓ / (L − 1); α >= 0
-            and α + β >= 0 (every λ >= 0), not both 0.
+        lines_alpha, lines_beta: α and β of the ramp λ = α + β ℓ / (L − 1) of ``linear_depth``
+            and ``lines``; ``null`` takes the gate's own default (``linear_depth``: 0.6 and 0.6,
+            ours; ``lines``: α ``auto`` = ||Σ τ_t||_1 / (T ||τ_merged||_1), LiNeS's rule, and β
+            required: LiNeS tunes it on validation data). α >= 0 and α + β >= 0, not both 0.
         block_pattern: null (detect HF CLIP, open_clip or T5 blocks) or a regex / list of
             regexes with one capture group for the block index.
         rank_method: ``exact`` (float64: the reference) or ``approximate`` (float32, about 2x
@@ -99,6 +114,9 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
 
     #: key of ``defaults.BASE_MERGERS`` that ``base_method`` defaults to (named subclasses)
     merger: Optional[str] = None
+    #: run the cheaper ``post`` path for ``apply: pre`` where the merger table marks the merger
+    #: homogeneous (the same model); tests switch it off to compare the two paths
+    _pre_as_post: bool = True
 
     def __init__(
         self,
@@ -110,14 +128,14 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         rho: float = 0.5,
         conflict: str = "base",
         source: str = "merged",
-        apply: str = "post",
+        apply: str = "pre",
         non_block_scale: float = 1.0,
         amplitude: float = 0.5,
         steepness: float = 3.0,
         min_scale: Optional[float] = None,
         max_scale: Optional[float] = None,
-        lines_alpha: float = 0.6,
-        lines_beta: float = 0.6,
+        lines_alpha: Union[None, str, float] = None,
+        lines_beta: Optional[float] = None,
         block_pattern: Union[None, str, Sequence[str]] = None,
         rank_method: str = "exact",
         rank_cache: bool = True,
@@ -138,7 +156,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                 )
             check_base_method_values(base_method)
         self.base_method = base_method
-        self.gate = choice("gate", gate, GATES)
+        self.gate = choice("gate", gate, tuple(GATES))
         self.tiers = tiers_value(tiers)
         self.tier_assignment = choice("tier_assignment", tier_assignment, TIER_ASSIGNMENTS)
         self.eta = real("eta", eta)
@@ -153,8 +171,8 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         self.max_scale = real("max_scale", max_scale, minimum=0.0, optional=True)
         if self.min_scale is not None and self.max_scale is not None and self.min_scale > self.max_scale:
             raise ValueError(f"min_scale ({self.min_scale}) must be <= max_scale ({self.max_scale})")
-        self.lines_alpha = real("lines_alpha", lines_alpha)
-        self.lines_beta = real("lines_beta", lines_beta)
+        self.lines_alpha = alpha_value("lines_alpha", lines_alpha)
+        self.lines_beta = real("lines_beta", lines_beta, optional=True)
         self.block_pattern = block_pattern_value(block_pattern)
         self.rank_method = choice("rank_method", rank_method, RANK_METHODS)
         if not isinstance(rank_cache, bool):
@@ -166,17 +184,37 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
             raise ValueError(f"rank_cache_dir ({rank_cache_dir!r}) needs rank_cache: true")
         self.rank_cache_dir = rank_cache_dir
         self.cpu_linalg = choice("cpu_linalg", cpu_linalg, CPU_LINALG)
-        check_gate_range(self)
+        GATES[self.gate].check(GATES[self.gate].settings(self._gate_values()))
+        self._base_run = self.base_method  # the merger as run() merges with it (see _base_for_run)
         self.schedule: Optional[LayerSchedule] = None
         self.record: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------ helpers
+    def _gate_values(self) -> Dict[str, Any]:
+        """The settings any gate may read (each gate picks its own keys, ``gate_table.Gate.settings``)."""
+        return {key: getattr(self, key) for key in GATE_KEYS}
+
+    def _base_for_run(self, gate: Gate, merger: Optional[Merger]):
+        """``base_method`` as this run merges with it: the configured one, or, for a gate that
+        rescales the update at scale 1 (LiNeS), the same with its global scaling factor at 1."""
+        return unit_scale_config(self.base_method, merger, why=f"gate {gate.name}") if gate.unit_scale \
+            else self.base_method
+
+    def _path(self, gate: Gate, merger: Optional[Merger]) -> str:
+        """The application this run performs: ``post`` where the gate rescales the merged update
+        (LiNeS), or where ``pre`` gives the same model (a per-block homogeneous merger of the
+        merger table), else ``apply``."""
+        if gate.post_only or (self.apply == "pre" and self._pre_as_post and merger is not None and merger.homogeneous):
+            return "post"
+        return self.apply
+
     def _new_base_merger(self) -> BaseAlgorithm:
         """A fresh base merger, with this program's fabric and program handed over."""
-        if isinstance(self.base_method, BaseAlgorithm):
-            merger = self.base_method
+        base = self._base_run
+        if isinstance(base, BaseAlgorithm):
+            merger = base
         else:
-            merger = instantiate(self.base_method, _recursive_=False)
+            merger = instantiate(base, _recursive_=False)
         if hasattr(merger, "_fabric_instance") and self._fabric_instance is not None:
             merger._fabric_instance = self._fabric_instance
         if hasattr(merger, "_program"):
@@ -220,23 +258,6 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         check_finite("merged model", merged_sd)
         return merged
 
-    def _check_checkpoints(self, modelpool: BaseModelPool, theta0, tied) -> List[str]:
-        """Check every model the pool loads from disk against θ0, from the checkpoint files
-        (``checkpoints.check_checkpoint``), before anything is merged. Returns the names whose
-        weights are not on this disk yet (hub ids not downloaded): they are checked right after
-        the pool loads them."""
-        unchecked = []
-        for name in modelpool.all_model_names:
-            config = modelpool._models[name]
-            if isinstance(config, nn.Module):
-                continue  # in memory: checked on the module itself as the merger loads it
-            path = checkpoint_path(config)
-            if path is None:
-                unchecked.append(name)
-                continue
-            check_checkpoint(name, path, theta0, tied)
-        return unchecked
-
     def _diagnostics(self, modelpool, theta0, merged_state, layout: BlockLayout, device):
         """Block diagnostics from the merged update or from the task vectors (``source``).
 
@@ -269,16 +290,9 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
 
     def config_record(self) -> Dict[str, Any]:
         """The hyperparameters, JSON-ready."""
-        base = self.base_method
-        if isinstance(base, BaseAlgorithm):
-            base = {"_target_": f"{type(base).__module__}.{type(base).__qualname__}"}
-        elif isinstance(base, DictConfig):
-            base = OmegaConf.to_container(base, resolve=True)
-        else:
-            base = dict(base)
         return {
             "method": "larv",
-            "base_method": base,
+            "base_method": config_of(self.base_method),
             **{key: getattr(self, key) for key in (
                 "gate", "tiers", "tier_assignment", "eta", "rho", "conflict", "source", "apply",
                 "non_block_scale", "amplitude", "steepness", "min_scale", "max_scale",
@@ -289,89 +303,88 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
     # ------------------------------------------------------------------ run
     # No torch.no_grad() around run(): some base mergers (WUDI) optimise with autograd.
     def run(self, modelpool: Union[BaseModelPool, DictConfig, Dict]):
-        if not isinstance(modelpool, BaseModelPool):
-            modelpool = BaseModelPool(modelpool)
-        if not modelpool.has_pretrained:
-            raise ValueError(
-                f"LARV needs the pretrained model θ0: the model pool has no '{PRETRAINED}' entry "
-                f"(models: {modelpool.all_model_names})"
-            )
-        if not modelpool.model_names:
-            raise ValueError("LARV needs at least one fine-tuned model in the model pool")
-
+        modelpool = checked_pool(modelpool)
         if self.rank_cache and self.rank_cache_dir is not None:
             process_rank_cache(self.rank_cache_dir)  # created and proven writable before any merge
-
+        gate, merger = GATES[self.gate], merger_of(self.base_method)
+        path, self._base_run = self._path(gate, merger), self._base_for_run(gate, merger)
+        if path != self.apply:
+            log.info("LARV: apply %s runs as post (%s)", self.apply, "LiNeS rescales the merged update"
+                     if gate.post_only else f"{merger.label} is homogeneous per block: the same model, one merge")
         self._rng_state = torch.random.get_rng_state()
         self._cuda_rng_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         device = self.fabric.device if self._fabric_instance is not None else None
         with self.profile("load pretrained"):
-            pretrained = modelpool.load_pretrained_model()
-            tied = tied_groups(pretrained.state_dict())
-            theta0 = snapshot(float_state_dict(pretrained))
-            del pretrained
-        check_finite(PRETRAINED, theta0)
-        check_half_precision(self.base_method, PRETRAINED, theta0, device)
-        # Checkpoints on disk: compared with θ0 from their files, before anything is merged
-        unchecked = set(self._check_checkpoints(modelpool, theta0, tied))
-
-        def check_model(name: str, state: Mapping[str, torch.Tensor]) -> None:
-            check_half_precision(self.base_method, name, state, device)
-            if name in unchecked:  # a hub download the pool just made: its files are here now
-                path = checkpoint_path(modelpool._models[name])
-                if path is not None:
-                    check_checkpoint(name, path, theta0, tied)
-                unchecked.discard(name)
-
+            theta0, check_model = load_theta0(modelpool, self.base_method, device)
         layout = find_blocks(theta0.keys(), self.block_pattern)
         log.info("LARV: %d blocks (%s), %d parameters outside them", layout.num_blocks,
                  layout.blocks[0].prefix, len(layout.non_block_keys))
+        settings = self._gate_values()
         # Copies of in-memory input models are needed only where LARV rescales them, runs the
         # merger twice or reads them again after the merger (see watched_pool.watched_pool).
-        copy_inputs = self.apply == "pre" or self.source == "task_vectors" or self.conflict == "pairwise"
+        auto_alpha = gate.settings(settings).get("lines_alpha") == "auto"
+        copy_inputs = path == "pre" or self.source == "task_vectors" or self.conflict == "pairwise" or auto_alpha
         handed_out: Dict[str, nn.Module] = {}
         watched = watched_pool(modelpool, theta0, copy_in_memory=copy_inputs, handed_out=handed_out,
-                                     check_model=check_model)
-
+                               check_model=check_model)
         merged = None
-        if self.apply == "post" or self.source == "merged":
-            try:
-                merged = self._run_base(watched, theta0, "merging the fine-tuned models (the merged "
-                                        "update LARV rescales or reads its diagnostics from)")
-            except BaseException:
-                if PRETRAINED in handed_out:  # a merger that failed half-way: θ0 back all the same
-                    restore_(float_state_dict(handed_out[PRETRAINED]), theta0)
-                raise
-            if aliases_any(merged, list(handed_out.values())):
-                # e.g. task arithmetic returns the pool's pretrained model, simple average its
-                # first fine-tuned one: never rescale (or restore) the caller's module
-                merged = copy.deepcopy(merged)
-            if PRETRAINED in handed_out:
-                # mergers write the merged weights into the pretrained model: put θ0 back, so the
-                # caller's pool can be merged again (fine-tuned models stay as the merger left them)
-                restore_(float_state_dict(handed_out[PRETRAINED]), theta0)
-            handed_out.clear()
+        if path == "post" or self.source == "merged":
+            merged = self._merge_once(watched, theta0, handed_out)
         with self.profile("diagnostics"), torch.no_grad():
             merged_state = float_state_dict(merged) if merged is not None else None
             diagnostics = self._diagnostics(watched, theta0, merged_state, layout, device)
+            if auto_alpha:  # LiNeS: ||Σ_t τ_t||_1 / (T ||τ_merged||_1), τ_merged at scale 1
+                states = (float_state_dict(watched.load_model(name)) for name in watched.model_names)
+                settings["lines_alpha"] = lines_alpha(task_sum_l1(states, theta0), task_sum_l1([merged_state], theta0),
+                                                      len(watched.model_names))
+            resolved = gate.settings(settings)
             schedule = build_schedule(
-                diagnostics, layout, eta=self.eta, rho=self.rho, non_block_scale=self.non_block_scale,
-                gate=self.gate, tiers=self.tiers, tier_assignment=self.tier_assignment,
-                amplitude=self.amplitude, steepness=self.steepness, min_scale=self.min_scale,
-                max_scale=self.max_scale, lines_alpha=self.lines_alpha, lines_beta=self.lines_beta,
+                diagnostics, layout, eta=self.eta, rho=self.rho, gate=gate, settings=resolved,
+                non_block_scale=resolved[gate.non_block_key] if gate.non_block_key else self.non_block_scale,
             )
         with self.profile("scaling"):
-            if self.apply == "post":
+            if path == "post":
                 rescale_update_(merged_state, theta0, schedule.scales)
             else:
                 del merged, merged_state
                 merged = self._run_base(
                     watched_pool(modelpool, theta0, schedule.scales, check_model=check_model), theta0,
                     "merging the rescaled fine-tuned models θ0 + λ ⊙ τ_t (apply: pre)")
+        self._record(schedule, layout, path=path, gate_settings=resolved)
+        return merged
 
+    def _merge_once(self, watched: BaseModelPool, theta0, handed_out: Dict[str, nn.Module]) -> nn.Module:
+        """The base merger's model, never aliasing the caller's modules; θ0 put back into an
+        in-memory pretrained model the merger wrote into."""
+        try:
+            merged = self._run_base(watched, theta0, "merging the fine-tuned models (the merged "
+                                    "update LARV rescales or reads its diagnostics from)")
+        except BaseException:
+            if PRETRAINED in handed_out:  # a merger that failed half-way: θ0 back all the same
+                restore_(float_state_dict(handed_out[PRETRAINED]), theta0)
+            raise
+        if aliases_any(merged, list(handed_out.values())):
+            # e.g. task arithmetic returns the pool's pretrained model, simple average its
+            # first fine-tuned one: never rescale (or restore) the caller's module
+            merged = copy.deepcopy(merged)
+        if PRETRAINED in handed_out:
+            # mergers write the merged weights into the pretrained model: put θ0 back, so the
+            # caller's pool can be merged again (fine-tuned models stay as the merger left them)
+            restore_(float_state_dict(handed_out[PRETRAINED]), theta0)
+        handed_out.clear()
+        return merged
+
+    def _record(self, schedule: LayerSchedule, layout: BlockLayout, *, path: str,
+                gate_settings: Mapping[str, Any]) -> None:
+        """``self.schedule`` and ``self.record``; ``larv_layers.{json,csv,png}`` in the log dir."""
         self.schedule = schedule
+        base_run = self._base_run
         self.record = {
             **self.config_record(),
+            "apply_used": path,
+            "gate_settings": dict(gate_settings),
+            "base_method_used": config_of(base_run),
+            "score_depth_spearman": schedule.score_depth_spearman,
             "block_pattern_used": list(layout.pattern),
             "num_blocks": layout.num_blocks,
             "zero_update_blocks": [r["index"] for r in schedule.rows() if r["zero_update"]],
@@ -382,9 +395,6 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         if log_dir is not None:
             save_layer_report(self.record, log_dir)
         self.print_profile_summary()
-        # Only the model: FusionBench's program_report.json keeps its flat layout
-        # ({<task>: ..., "average": ...}); the record is in larv_layers.json and self.record.
-        return merged
 
 
 # ----------------------------------------------------------------------------- named variants
@@ -393,55 +403,46 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
 
 class LARVSimpleAverage(LARVAlgorithm):
     """LARV around simple averaging."""
-
     merger = "simple_average"
 
 
 class LARVTaskArithmetic(LARVAlgorithm):
     """LARV around Task Arithmetic."""
-
     merger = "task_arithmetic"
 
 
 class LARVTiesMerging(LARVAlgorithm):
     """LARV around TIES merging."""
-
     merger = "ties_merging"
 
 
 class LARVTSVM(LARVAlgorithm):
     """LARV around TSV-M (task singular vectors)."""
-
     merger = "tsvm"
 
 
 class LARVIsoC(LARVAlgorithm):
     """LARV around Iso-C (isotropic merging in the common subspace)."""
-
     merger = "iso_c"
 
 
 class LARVIsoCTS(LARVAlgorithm):
     """LARV around Iso-CTS (common and task-specific subspaces)."""
-
     merger = "iso_cts"
 
 
 class LARVDareTaskArithmetic(LARVAlgorithm):
     """LARV around DARE + Task Arithmetic."""
-
     merger = "dare_task_arithmetic"
 
 
 class LARVWUDI(LARVAlgorithm):
     """LARV around WUDI merging."""
-
     merger = "wudi"
 
 
 class LARVMagMax(LARVAlgorithm):
     """LARV around MagMax."""
-
     merger = "magmax"
 
 

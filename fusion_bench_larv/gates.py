@@ -19,14 +19,20 @@ depth ``l = 0..L-1``:
   (s~_l - 1))``, optionally clamped to ``[min_scale, max_scale]``. The ``tanh`` form and the
   defaults ``a = 0.5``, ``gamma = 3`` (so ``lambda`` lies in ``(0.5, 1.5)``) are ours. A median
   ``<= 0`` leaves ``s~`` undefined and raises ``ValueError``.
-* ``linear_depth`` (LiNeS-style baseline, Wang et al., ICLR 2025): ``lambda_l = alpha + beta l /
-  (L - 1)``, ``lambda = alpha`` for ``L = 1``; defaults ``alpha = beta = 0.6`` (ours).
+* ``linear_depth`` (ours): a fixed linear ramp ``lambda_l = alpha + beta l / (L - 1)``
+  (``lambda = alpha`` for ``L = 1``), applied like LARV's scales, on top of the merger's own
+  scaling; defaults ``alpha = beta = 0.6`` (ours). It is not LiNeS.
+* ``lines``: LiNeS as published (Wang et al., ICLR 2025): the same ramp, with
+  ``alpha = ||sum_t tau_t||_1 / (T ||tau_merged||_1)`` (:func:`lines_alpha`) on the merger's
+  update at scale 1 (the merger's global scaling factor is set to 1), ``alpha`` for every
+  parameter outside the blocks, and ``beta`` given (LiNeS tunes it on validation data).
 * ``identity``: ``lambda_l = 1``.
 
 Invalid blocks (by default those with a non-finite score, i.e. LARV's zero-update blocks) take no
 part in standardisation, ranking or the median and get ``lambda = 1`` (tier index -1).
-:func:`gate_scales` picks the gate by name; :func:`check_scales` is the last check before any
-weight is scaled.
+The gates as records (their settings, defaults, checks and rules) are in
+:mod:`fusion_bench_larv.gate_table`. :func:`check_scales` is the last check before any weight is scaled;
+:func:`depth_rank_correlation` measures how far the scores are a depth order.
 """
 
 import math
@@ -37,7 +43,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "GATES",
     "TIER_ASSIGNMENTS",
     "standardize",
     "composite_score",
@@ -45,12 +50,12 @@ __all__ = [
     "continuous_scales",
     "linear_depth_scales",
     "identity_scales",
-    "gate_scales",
+    "lines_alpha",
+    "depth_rank_correlation",
     "check_scales",
 ]
 
-#: the gates (``gate``) and the ways to assign tiers (``tier_assignment``): the one definition
-GATES: Tuple[str, ...] = ("tiered", "continuous", "linear_depth", "identity")
+#: the ways to assign tiers (``tier_assignment``)
 TIER_ASSIGNMENTS: Tuple[str, ...] = ("score", "depth")
 STD_FLOOR = 1e-12
 
@@ -279,12 +284,13 @@ def continuous_scales(
 
 
 def linear_depth_scales(num_blocks: int, *, alpha: float = 0.6, beta: float = 0.6) -> Tensor:
-    """LiNeS-style depth schedule ``lambda_l = alpha + beta l / (L - 1)`` (``alpha`` if ``L = 1``).
+    """Linear depth ramp ``lambda_l = alpha + beta l / (L - 1)`` (``alpha`` if ``L = 1``): the rule of
+    both the ``linear_depth`` gate (ours) and the ``lines`` gate (LiNeS, with its own alpha).
 
     Args:
         num_blocks: ``L >= 1``.
-        alpha: the shallowest block's scale (default 0.6: ours).
-        beta: the increase up to the deepest block (default 0.6: ours).
+        alpha: the shallowest block's scale.
+        beta: the increase up to the deepest block.
 
     Returns:
         ``(L,)`` float64 scales.
@@ -298,40 +304,57 @@ def linear_depth_scales(num_blocks: int, *, alpha: float = 0.6, beta: float = 0.
     return alpha + beta * depth
 
 
+def lines_alpha(task_sum_l1: float, merged_l1: float, num_tasks: int) -> float:
+    """LiNeS's ``alpha = ||sum_t tau_t||_1 / (T ||tau_merged||_1)`` (Wang et al., ICLR 2025), with
+    ``tau_merged`` the merger's update at scale 1: ``1/T`` for task arithmetic, 1 for averaging.
+
+    Raises:
+        ValueError: a merged update of L1 norm 0 (nothing to rescale), a non-finite norm, or
+            ``num_tasks < 1``.
+    """
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
+    task_sum_l1 = _check_finite("||sum of task vectors||_1", task_sum_l1)
+    merged_l1 = _check_finite("||merged update||_1", merged_l1)
+    if merged_l1 <= 0:
+        raise ValueError("LiNeS's alpha = ||Σ τ_t||_1 / (T ||τ_merged||_1) is undefined: the merged update is zero")
+    return task_sum_l1 / (num_tasks * merged_l1)
+
+
+def depth_rank_correlation(scores: Tensor, valid: Optional[Tensor] = None) -> Optional[float]:
+    """Spearman's rank correlation between the valid blocks' scores and their depth.
+
+    +1: the scores rank the blocks exactly by depth (the tiers are a depth split); values near
+    0: the scores order the blocks otherwise. Ties get average ranks. ``None`` for fewer than
+    two valid blocks or constant scores (undefined).
+    """
+    scores, valid = _scores_and_mask(scores, valid)
+    values = scores[valid]
+    depth = valid.nonzero().flatten().to(torch.float64)
+    if values.numel() < 2 or not bool(torch.isfinite(values).all()) or float(values.std()) == 0.0:
+        return None
+
+    def ranks(x: Tensor) -> Tensor:
+        order = sorted(range(len(x)), key=lambda i: float(x[i]))
+        out = torch.empty(len(x), dtype=torch.float64)
+        i = 0
+        while i < len(order):  # average ranks over runs of equal values
+            j = i
+            while j + 1 < len(order) and float(x[order[j + 1]]) == float(x[order[i]]):
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    a, b = ranks(values), ranks(depth)
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()))
+
+
 def identity_scales(num_blocks: int) -> Tensor:
     """``lambda_l = 1`` for every block: the base merger unchanged."""
     return torch.ones(_check_num_blocks(num_blocks), dtype=torch.float64)
-
-
-def gate_scales(
-    s: Tensor,
-    valid: Tensor,
-    *,
-    gate: str,
-    tiers: Sequence[float],
-    tier_assignment: str,
-    amplitude: float,
-    steepness: float,
-    min_scale: Optional[float],
-    max_scale: Optional[float],
-    lines_alpha: float,
-    lines_beta: float,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """Turn scores into per-block scales with the chosen gate. Returns (λ, tier or None)."""
-    num_blocks = s.numel()
-    if gate == "tiered":
-        return tiered_scales(s, tiers, valid=valid, assignment=tier_assignment)
-    if gate == "continuous":
-        lam = continuous_scales(
-            s, amplitude=amplitude, steepness=steepness,
-            min_scale=min_scale, max_scale=max_scale, valid=valid,
-        )
-        return lam, None
-    if gate == "linear_depth":
-        return linear_depth_scales(num_blocks, alpha=lines_alpha, beta=lines_beta), None
-    if gate == "identity":
-        return identity_scales(num_blocks), None
-    raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
 def check_scales(block_scales: Tensor, valid: Tensor, gate: str) -> None:

@@ -8,7 +8,7 @@ computes per block
 
     z_l = gates.standardize(c)              (zero-update blocks left out)
     s_l = gates.composite_score(e, z)       e_l^eta ((l+1)/L)^rho / (1 + softplus(z_l))
-    lambda_l = gates.gate_scales(s)         (tiered | continuous | linear_depth | identity)
+    lambda_l = gate.scales(s)               (gate_table.GATES: tiered | continuous | linear_depth | lines | identity)
 
 checks the scales (:func:`gates.check_scales`) and resolves them to every parameter name
 (``blocks.scale_map``; non-block parameters get ``non_block_scale``). The result, a
@@ -18,13 +18,14 @@ checks the scales (:func:`gates.check_scales`) and resolves them to every parame
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from torch import Tensor
 
 from .blocks import BlockLayout, scale_map
 from .diagnostics import BlockDiagnostics
-from .gates import check_scales, composite_score, gate_scales, standardize
+from .gate_table import Gate
+from .gates import check_scales, composite_score, depth_rank_correlation, standardize
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ class LayerSchedule:
     tier: Optional[Tensor]  # (L,) tier index for the tiered gate (-1: zero-update block)
     block_scales: Tensor  # (L,) λ_ℓ
     scales: Dict[str, float]  # every parameter name -> its scale
+
+    @property
+    def score_depth_spearman(self) -> Optional[float]:
+        """Spearman's rank correlation of the scores with depth (+1: the scores are a depth order)."""
+        return depth_rank_correlation(self.s, ~self.diagnostics.zero_update)
 
     def rows(self) -> List[Dict]:
         """One JSON-ready row per block: index, prefix, e, c, z, s, tier, scale."""
@@ -77,9 +83,19 @@ def build_schedule(
     eta: float,
     rho: float,
     non_block_scale: float,
-    **gate_kwargs,
+    gate: Gate,
+    settings: Mapping[str, Any],
 ) -> LayerSchedule:
-    """Scores and scales from block diagnostics (see the module docstring)."""
+    """Scores and scales from block diagnostics (see the module docstring).
+
+    Args:
+        diagnostics: per-block ``e``, ``c`` and the zero-update mask.
+        layout: the blocks.
+        eta, rho: the score's exponents.
+        non_block_scale: the scale of every parameter outside the blocks.
+        gate: the gate record (``gate_table.GATES[name]``).
+        settings: the LARV settings the gate reads (its own defaults fill ``None``s).
+    """
     valid = ~diagnostics.zero_update
     if not bool(valid.any()):
         raise ValueError(
@@ -88,8 +104,8 @@ def build_schedule(
         )
     z = standardize(diagnostics.c, valid)
     s = composite_score(diagnostics.e, z, eta=eta, rho=rho, valid=valid)
-    block_scales, tier = gate_scales(s, valid, **gate_kwargs)
-    check_scales(block_scales, valid, gate_kwargs.get("gate", "?"))
+    block_scales, tier = gate.scales(s, valid, settings)
+    check_scales(block_scales, valid, gate.name)
     skipped = [b.index for b in layout.blocks if not bool(valid[b.index])]
     if skipped:
         log.warning(

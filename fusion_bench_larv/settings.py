@@ -1,10 +1,10 @@
 """Checks of LARV's settings: every key typed and validated in ``LARVAlgorithm.__init__``.
 
 Each check raises ``TypeError`` or ``ValueError`` naming the key and the bad value, before any
-model is loaded. The allowed choices come from the modules that define them (``gates.GATES``,
-``schedule.SOURCES``, ...); the gate-range checks refuse settings that would give some block
-``lambda < 0`` or every block ``lambda = 0`` (the checks that need the scores are in
-``gates.check_scales``).
+model is loaded. The allowed choices come from the modules that define them (``gate_table.GATES``,
+``schedule.SOURCES``, ...); each gate's range check (settings that would give some block
+``lambda < 0`` or every block ``lambda = 0``) is part of its record in ``gate_table.GATES`` (the checks
+that need the scores are in ``gates.check_scales``).
 """
 
 import difflib
@@ -16,8 +16,8 @@ from omegaconf import ListConfig
 
 from .blocks import validate_block_pattern
 
-__all__ = ["choice", "real", "tiers_value", "block_pattern_value", "check_unknown_keys",
-           "check_base_method_values", "check_gate_range", "HYDRA_KEYS", "BASE_NUMERIC_KEYS"]
+__all__ = ["choice", "real", "tiers_value", "alpha_value", "block_pattern_value", "check_unknown_keys",
+           "check_base_method_values", "HYDRA_KEYS", "BASE_NUMERIC_KEYS"]
 
 
 def choice(key: str, value: Any, choices: Sequence[str]) -> str:
@@ -49,6 +49,15 @@ def tiers_value(value: Any) -> List[float]:
     if len(tiers) < 2:
         raise ValueError(f"tiers needs at least 2 levels, got {list(value)!r}")
     return tiers
+
+
+def alpha_value(key: str, value: Any) -> Union[None, str, float]:
+    """``null`` (the gate's own default), ``auto`` (LiNeS's rule) or a finite number."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        raise ValueError(f"{key} must be null, 'auto' or a number, got {value!r}")
+    return real(key, value)
 
 
 def block_pattern_value(value: Any) -> Union[None, str, List[str]]:
@@ -97,29 +106,3 @@ def check_base_method_values(base_method: Mapping) -> None:
     for key in BASE_NUMERIC_KEYS:
         if key in base_method and base_method[key] is not None:
             real(f"base_method.{key}", base_method[key])
-
-
-def check_gate_range(algo) -> None:
-    """Refuse gate parameters that give some block λ < 0 or every block λ = 0 (the checks that
-    need the scores are in ``gates.check_scales``)."""
-    if algo.gate == "tiered" and all(t == 0 for t in algo.tiers):
-        raise ValueError(f"tiers {algo.tiers} are all 0: every block would get λ = 0 (the pretrained "
-                         "model); give at least one tier a value > 0")
-    if algo.gate == "continuous":
-        if algo.amplitude > 1 and algo.min_scale is None:
-            raise ValueError(
-                f"amplitude {algo.amplitude} > 1 lets the continuous gate λ = 1 + a·tanh(...) reach "
-                f"1 - a = {1 - algo.amplitude} < 0 (flipped task vectors); use amplitude <= 1 or "
-                "set min_scale >= 0"
-            )
-        if algo.max_scale == 0:
-            raise ValueError("max_scale 0 gives every block λ = 0 (the pretrained model); use max_scale > 0")
-    if algo.gate == "linear_depth":
-        alpha, beta = algo.lines_alpha, algo.lines_beta
-        if alpha < 0:
-            raise ValueError(f"lines_alpha {alpha} < 0 gives the first block λ = {alpha} < 0")
-        if alpha + beta < 0:
-            raise ValueError(f"lines_alpha + lines_beta = {alpha} + {beta} < 0 gives the last block "
-                             f"λ = {alpha + beta} < 0")
-        if alpha == 0 and alpha + beta == 0:
-            raise ValueError("lines_alpha = lines_beta = 0 gives every block λ = 0 (the pretrained model)")

@@ -6,13 +6,13 @@ veneer on the merged model and the ``pre`` veneer on each fine-tuned model. It l
 whose scale is exactly 1 untouched, so ``gate=identity`` reproduces the base merger bit for bit.
 """
 
-from typing import Dict, Iterator, Mapping
+from typing import Dict, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
 __all__ = ["float_state_dict", "snapshot", "restore_", "check_finite", "check_compatible", "Delta",
-           "rescale_update_"]
+           "rescale_update_", "task_sum_l1"]
 
 
 def float_state_dict(model: torch.nn.Module) -> Dict[str, Tensor]:
@@ -102,3 +102,13 @@ def rescale_update_(
         w.sub_(b).mul_(lam).add_(b)
         changed += 1
     return changed
+
+
+def task_sum_l1(states: Iterable[Mapping[str, Tensor]], base: Mapping[str, Tensor]) -> float:
+    """``||sum_t (state_t - base)||_1`` over ``base``'s keys, accumulated in float64 (one state
+    in memory at a time, plus the running sum). One state gives the L1 norm of its update."""
+    total = {key: torch.zeros_like(value, dtype=torch.float64) for key, value in base.items()}
+    for state in states:
+        for key, acc in total.items():
+            acc += state[key].double() - base[key].double()
+    return sum(float(acc.abs().sum()) for acc in total.values())

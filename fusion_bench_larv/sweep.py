@@ -124,8 +124,9 @@ def _fmt(x: Optional[float], scale: float = 100.0, signed: bool = False) -> str:
 
 
 def base_merger_label(record: Dict[str, Any]) -> str:
-    """``ISO_C_Merge(scaling_factor=1.5, exclude_keys=None)`` from a LARV record."""
-    base = dict(record.get("base_method") or {})
+    """``ISO_C_Merge(scaling_factor=1.5, exclude_keys=None)`` from a LARV record: the merger as the
+    run merged with it (LiNeS runs it at scale 1)."""
+    base = dict(record.get("base_method_used") or record.get("base_method") or {})
     name = str(base.pop("_target_", "base merger")).rsplit(".", 1)[-1]
     return f"{name}({', '.join(f'{k}={v}' for k, v in base.items())})"
 
@@ -136,7 +137,12 @@ def run_summary_lines(report: Dict[str, Any], record: Dict[str, Any], log_dir: P
     """The end-of-run summary of a LARV job, one string per line."""
     acc = accuracies(report)
     gate = record.get("gate")
-    variant = f"gate={gate}" + (f", tiers={record.get('tiers')}" if gate == "tiered" else "")
+    settings = record.get("gate_settings") or ({"tiers": record.get("tiers")} if gate == "tiered" else {})
+    variant = f"gate={gate}" + "".join(f", {k}={v:.4g}" if isinstance(v, float) else f", {k}={v}"
+                                       for k, v in settings.items())
+    if record.get("apply_used"):
+        variant += f", apply={record.get('apply')}" + (f" (run as {record['apply_used']})"
+                                                      if record["apply_used"] != record.get("apply") else "")
     lines = [f"LARV run summary: {base_merger_label(record)} + LARV ({variant})"]
     if "average" in acc:
         lines.append(f"  average accuracy: {_fmt(acc['average'])} %")

@@ -9,22 +9,21 @@ on float16/bfloat16 weights on CPU.
 """
 
 import copy
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from fusion_bench import BaseAlgorithm, BaseModelPool
-from fusion_bench.utils import import_object
+from fusion_bench import BaseModelPool
 from torch import nn
 
-from .state_dicts import check_compatible, check_finite, float_state_dict, rescale_update_, restore_
+from .checkpoints import check_checkpoint, checkpoint_path, tied_groups
+from .defaults import merger_of
+from .state_dicts import check_compatible, check_finite, float_state_dict, rescale_update_, restore_, snapshot
 
-__all__ = ["PRETRAINED", "PoolModelError", "aliases_any", "watched_pool", "svd_merger", "check_half_precision"]
+__all__ = ["PRETRAINED", "PoolModelError", "aliases_any", "watched_pool", "svd_merger", "check_half_precision",
+           "checked_pool", "check_checkpoints", "load_theta0"]
 
 PRETRAINED = "_pretrained_"
 
-# Mergers that call torch.linalg.svd, which has no float16/bfloat16 kernel on CPU.
-SVD_MERGERS = ("fusion_bench.method.ISO_C_Merge", "fusion_bench.method.ISO_CTS_Merge",
-               "fusion_bench.method.TaskSingularVectorMerging")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -42,19 +41,9 @@ def aliases_any(model: nn.Module, others: Sequence[nn.Module]) -> bool:
 
 
 def svd_merger(base_method) -> Optional[str]:
-    """The base merger's class path if it is one of ``SVD_MERGERS`` (else None)."""
-    if isinstance(base_method, BaseAlgorithm):
-        cls = type(base_method)
-    else:
-        try:
-            cls = import_object(str(base_method["_target_"]))
-        except Exception:  # an unimportable target fails, wrapped, when instantiated
-            return None
-    for target in SVD_MERGERS:
-        svd_cls = import_object(target)
-        if isinstance(cls, type) and issubclass(cls, svd_cls):
-            return target
-    return None
+    """The base merger's class path if the merger table marks it as SVD-based (else None)."""
+    merger = merger_of(base_method)
+    return merger.target if merger is not None and merger.svd else None
 
 
 def check_half_precision(base_method, name: str, state: Mapping[str, torch.Tensor], device) -> None:
@@ -138,3 +127,58 @@ def watched_pool(
 
     watched.load_model = load_model
     return watched
+
+
+def checked_pool(modelpool) -> BaseModelPool:
+    """The pool (a mapping becomes a ``BaseModelPool``), refused without θ0 or fine-tuned models."""
+    if not isinstance(modelpool, BaseModelPool):
+        modelpool = BaseModelPool(modelpool)
+    if not modelpool.has_pretrained:
+        raise ValueError(
+            f"LARV needs the pretrained model θ0: the model pool has no '{PRETRAINED}' entry "
+            f"(models: {modelpool.all_model_names})"
+        )
+    if not modelpool.model_names:
+        raise ValueError("LARV needs at least one fine-tuned model in the model pool")
+    return modelpool
+
+
+def check_checkpoints(modelpool: BaseModelPool, theta0, tied) -> List[str]:
+    """Check every model the pool loads from disk against θ0, from the checkpoint files
+    (``checkpoints.check_checkpoint``), before anything is merged. Returns the names whose
+    weights are not on this disk yet (hub ids not downloaded): they are checked right after
+    the pool loads them."""
+    unchecked = []
+    for name in modelpool.all_model_names:
+        config = modelpool._models[name]
+        if isinstance(config, nn.Module):
+            continue  # in memory: checked on the module itself as the merger loads it
+        path = checkpoint_path(config)
+        if path is None:
+            unchecked.append(name)
+            continue
+        check_checkpoint(name, path, theta0, tied)
+    return unchecked
+
+
+def load_theta0(modelpool: BaseModelPool, base_method, device) -> Tuple[Dict[str, torch.Tensor], Callable]:
+    """θ0 (a float snapshot), checked; every checkpoint on disk checked against it before
+    anything is merged. Returns ``(theta0, check_model)``: the check :func:`watched_pool` runs
+    on every model it hands out (half precision; hub downloads checked from their files)."""
+    pretrained = modelpool.load_pretrained_model()
+    tied = tied_groups(pretrained.state_dict())
+    theta0 = snapshot(float_state_dict(pretrained))
+    del pretrained
+    check_finite(PRETRAINED, theta0)
+    check_half_precision(base_method, PRETRAINED, theta0, device)
+    unchecked = set(check_checkpoints(modelpool, theta0, tied))
+
+    def check_model(name: str, state: Mapping[str, torch.Tensor]) -> None:
+        check_half_precision(base_method, name, state, device)
+        if name in unchecked:  # a hub download the pool just made: its files are here now
+            path = checkpoint_path(modelpool._models[name])
+            if path is not None:
+                check_checkpoint(name, path, theta0, tied)
+            unchecked.discard(name)
+
+    return theta0, check_model

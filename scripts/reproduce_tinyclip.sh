@@ -6,7 +6,8 @@
 #   e.g. scripts/reproduce_tinyclip.sh outputs/larv-tiny --launcher joblib --n-jobs 2
 # Builds the 20-task assets first if they are missing (cache: see docs/benchmark.md). Finished
 # jobs are skipped, so an interrupted run resumes where it stopped. Tables and figures go to
-# OUT/tables (results.csv, summary.csv, larv_blocks.csv, tables.md, tables.tex, fig_*.png/pdf).
+# OUT/tables (results.csv, summary.csv, depth.csv, larv_blocks.csv, tables.md, tables.tex,
+# fig_*.png/pdf).
 set -euo pipefail
 
 OUT="${1:-outputs/larv-tiny}"
@@ -23,5 +24,8 @@ reproduce-larv main --tasks 8 14 20 "${common[@]}"          # 6 mergers x {bare,
 reproduce-larv gates --tasks 8 14 20 --gates tiered2 continuous linear_depth depth_tiers "${common[@]}"
 reproduce-larv tiers "${common[@]}"                         # Figure 4: middle x deep tiers, Iso-C, 8 tasks
 reproduce-larv diagnostics "${common[@]}"                   # Figure 2: e, c, s per block, 5 mergers
+# Appendix D: LARV vs depth priors (LiNeS, a linear ramp, depth tiers, rho=0) at 8/14/20 tasks;
+# global scales, LiNeS's beta and a tier grid chosen on the validation splits, then run on test
+reproduce-larv depth "${common[@]}"
 
 make-larv-tables "${OUT}" --out "${OUT}/tables"

@@ -10,12 +10,12 @@ from fusion_bench.utils import import_object, instantiate
 
 import fusion_bench_larv.algorithm as algorithm_module
 from fusion_bench_larv.algorithm import LARV_METHODS, LARVAlgorithm
-from fusion_bench_larv.defaults import BASE_MERGERS
+from fusion_bench_larv.defaults import BASE_MERGERS, MERGERS
 from tiny_models import NUM_LAYERS, TinyPool, fine_tuned, tiny_clip_vision
 
 # Small iteration counts keep WUDI fast; everything else uses the shipped defaults.
 BASE_OVERRIDES = {"wudi": {"iter_num": 5}}
-HOMOGENEOUS = ["simple_average", "task_arithmetic", "tsvm", "iso_c", "iso_cts", "dare_task_arithmetic"]
+HOMOGENEOUS = ["simple_average", "task_arithmetic", "tsvm", "iso_c", "iso_cts", "dare_task_arithmetic", "magmax"]
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,13 @@ def run_bare(merger: str, pool: BaseModelPool):
     return instantiate(base_config(merger), _recursive_=False).run(pool)
 
 
-def run_larv(merger: str, pool: BaseModelPool, **kwargs):
+def run_larv(merger: str, pool: BaseModelPool, literal_pre: bool = False, **kwargs):
+    """``literal_pre``: run ``apply: pre`` as the merger on θ0 + λ ⊙ τ_t even where the merger
+    table lets it take the equivalent ``post`` path."""
     torch.manual_seed(0)
     algo = LARVAlgorithm(base_method=base_config(merger), **kwargs)
+    if literal_pre:
+        algo._pre_as_post = False
     return algo.run(pool), algo
 
 
@@ -65,7 +69,7 @@ def test_identity_gate_reproduces_the_bare_merger_bit_for_bit(pools, merger):
 @pytest.mark.parametrize("merger", ["task_arithmetic", "iso_c", "ties_merging"])
 def test_zero_tier_gives_the_pretrained_weights_in_its_blocks(pools, merger):
     bare = run_bare(merger, pools())
-    larv, algo = run_larv(merger, pools(), tiers=[0.0, 1.0])
+    larv, algo = run_larv(merger, pools(), tiers=[0.0, 1.0], apply="post")
     theta0, merged, base = pools.pretrained_state(), larv.state_dict(), bare.state_dict()
     off = {r["prefix"] for r in algo.record["blocks"] if r["scale"] == 0.0}
     assert len(off) == NUM_LAYERS // 2
@@ -88,23 +92,42 @@ def max_relative_update_gap(model_a, model_b, theta0) -> float:
 @pytest.mark.parametrize("merger", HOMOGENEOUS)
 def test_pre_equals_post_for_homogeneous_mergers(pools64, merger):
     post, algo_post = run_larv(merger, pools64(), apply="post")
-    pre, algo_pre = run_larv(merger, pools64(), apply="pre")
+    pre, algo_pre = run_larv(merger, pools64(), apply="pre", literal_pre=True)
+    shortcut, algo_shortcut = run_larv(merger, pools64(), apply="pre")  # the default: pre runs as post
+    assert (algo_pre.record["apply_used"], algo_shortcut.record["apply_used"]) == ("pre", "post")
+    assert states_equal(shortcut, post)
     assert next(post.parameters()).dtype == torch.float64
     assert [r["scale"] for r in algo_post.record["blocks"]] == [r["scale"] for r in algo_pre.record["blocks"]]
     assert len(set(r["scale"] for r in algo_post.record["blocks"])) == 3  # the veneer really acts
     assert max_relative_update_gap(pre, post, pools64.pretrained_state()) < 1e-10
 
 
+def test_the_merger_table_marks_homogeneous_exactly_the_mergers_proven_here():
+    """``apply: pre`` takes the ``post`` path only for mergers the test above proves equal."""
+    assert sorted(k for k, m in MERGERS.items() if m.homogeneous) == sorted(HOMOGENEOUS)
+
+
+@pytest.mark.parametrize("merger", ["wudi"])
+def test_pre_differs_from_post_for_wudi(pools64, merger):
+    post, _ = run_larv(merger, pools64(), apply="post")
+    pre, algo = run_larv(merger, pools64())
+    assert algo.record["apply_used"] == "pre"
+    assert max_relative_update_gap(pre, post, pools64.pretrained_state()) > 1e-3
+
+
 def test_pre_differs_from_post_for_ties(pools64):
     """TIES trims the top-k% over the whole flattened model: block scaling does not commute."""
     post, _ = run_larv("ties_merging", pools64(), apply="post")
-    pre, _ = run_larv("ties_merging", pools64(), apply="pre")
+    pre, algo = run_larv("ties_merging", pools64(), apply="pre")
+    default, default_algo = run_larv("ties_merging", pools64())
+    assert algo.record["apply_used"] == default_algo.record["apply_used"] == "pre"  # no shortcut for TIES
+    assert states_equal(default, pre)  # the shipped default is the paper's "before aggregation"
     assert max_relative_update_gap(pre, post, pools64.pretrained_state()) > 1e-2
 
 
 def test_post_applies_theta0_plus_lambda_delta(pools):
     bare = run_bare("task_arithmetic", pools())
-    larv, algo = run_larv("task_arithmetic", pools(), gate="linear_depth")
+    larv, algo = run_larv("task_arithmetic", pools(), gate="linear_depth", apply="post")
     theta0, merged, base = pools.pretrained_state(), larv.state_dict(), bare.state_dict()
     for key, w0 in theta0.items():
         lam = algo.schedule.scales[key]

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 import fusion_bench_larv.algorithm as algorithm_module
+import fusion_bench_larv.watched_pool as watched_pool_module
 from conftest import run_fusion_bench_failing
 from fusion_bench_larv.algorithm import BaseMergerError, LARVAlgorithm, LARVIsoC
 from fusion_bench_larv.atomic import atomic_write_json
@@ -346,7 +347,7 @@ def test_a_checkpoint_not_on_disk_before_loading_is_checked_right_after(on_disk,
         first_look = sum(c == dirs["bad"] for c in calls) == 1
         return None if config == dirs["bad"] and first_look else checkpoint_path(config)
 
-    monkeypatch.setattr(algorithm_module, "checkpoint_path", not_downloaded_yet)
+    monkeypatch.setattr(watched_pool_module, "checkpoint_path", not_downloaded_yet)
     merger = RecordingMerger()
     with pytest.raises(ValueError, match=rf"model 'bad': .* no tensor '{fc1(2)}'"):
         LARVAlgorithm(base_method=merger).run(CLIPVisionModelPool(DictConfig(dirs)))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fusion_bench_larv"
-METHOD_MODULES = ["blocks", "linalg", "batching", "rank_cache", "diagnostics", "gates", "schedule", "state_dicts",
+METHOD_MODULES = ["blocks", "linalg", "batching", "rank_cache", "diagnostics", "gates", "gate_table", "schedule", "state_dicts",
                   "defaults", "settings", "watched_pool", "algorithm", "report", "plots", "atomic", "checkpoints"]
 #: generated-data tables, allowed to be long
 DATA_MODULES = {"synth/tasks.py"}

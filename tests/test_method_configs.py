@@ -65,5 +65,5 @@ def test_every_key_is_overridable_from_the_command_line():
 def test_bad_value_from_the_command_line_names_the_key():
     cfg = compose_method("larv_tsvm", "method.gate=stepwise")
     with pytest.raises(ValueError, match=r"gate must be one of \['tiered', 'continuous', 'linear_depth', "
-                                         r"'identity'\], got 'stepwise'"):
+                                         r"'lines', 'identity'\], got 'stepwise'"):
         instantiate(cfg, _recursive_=False)

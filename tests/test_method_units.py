@@ -11,15 +11,15 @@ from fusion_bench.method import ISO_C_Merge, TaskArithmeticAlgorithm
 from fusion_bench_larv.batching import KeyMatrices, RankQueue
 from fusion_bench_larv.blocks import find_blocks
 from fusion_bench_larv.diagnostics import BlockDiagnostics, block_diagnostics, effective_rank
-from fusion_bench_larv.gates import composite_score, gate_scales, standardize, tiered_scales
+from fusion_bench_larv.gate_table import GATES
+from fusion_bench_larv.gates import composite_score, standardize, tiered_scales
 from fusion_bench_larv.linalg import CPU_LINALG, Linalg, cpu_backend
 from fusion_bench_larv.schedule import build_schedule
 from fusion_bench_larv.settings import block_pattern_value
 from fusion_bench_larv.state_dicts import Delta
 from fusion_bench_larv.watched_pool import svd_merger
 
-GATE_KWARGS = dict(gate="tiered", tiers=[0.6, 1.0, 1.2], tier_assignment="score", amplitude=0.5, steepness=3.0,
-                   min_scale=None, max_scale=None, lines_alpha=0.6, lines_beta=0.6)
+GATE_KWARGS = dict(gate=GATES["tiered"], settings=dict(tiers=[0.6, 1.0, 1.2], tier_assignment="score"))
 
 
 def test_the_backend_is_chosen_once_by_name():
@@ -57,8 +57,6 @@ def test_a_cached_gram_is_pushed_not_recomputed(name):
 
 
 def test_gates_refuse_malformed_inputs():
-    with pytest.raises(ValueError, match="gate must be one of"):
-        gate_scales(torch.ones(3), torch.ones(3, dtype=torch.bool), **{**GATE_KWARGS, "gate": "stepwise"})
     with pytest.raises(ValueError, match="1-D"):
         tiered_scales(torch.ones(2, 2), [0.5, 1.0])
     with pytest.raises(ValueError, match="1-D"):

@@ -53,7 +53,8 @@ def split_top_level(value: str):
     return out
 
 
-SWEEPABLE = {"modelpool", "method", "method.tiers", "+corruption", "+individual_task", "modelpool.individual"}
+SWEEPABLE = {"modelpool", "method", "method.tiers", "+corruption", "+individual_task", "modelpool.individual",
+             "method.scaling_factor", "method.alpha", "method.lines_beta"}
 
 
 def expand(cmd):

@@ -194,6 +194,16 @@ def test_run_summary_lines():
     assert lines[5] == "  per-block record: /x/larv_layers.{json,csv,png}"
 
 
+def test_run_summary_names_the_merger_as_run_and_the_gate_settings_used():
+    record = {"base_method": {"_target_": "fusion_bench.method.TaskArithmeticAlgorithm", "scaling_factor": 0.3},
+              "base_method_used": {"_target_": "fusion_bench.method.TaskArithmeticAlgorithm", "scaling_factor": 1.0},
+              "gate": "lines", "gate_settings": {"lines_alpha": 0.12500000001, "lines_beta": 1.0},
+              "apply": "pre", "apply_used": "post", "blocks": [{"scale": 0.125}, {"scale": 1.125}]}
+    lines = sweep.run_summary_lines({"average": {"accuracy": 0.5}}, record, Path("/x"), None)
+    assert lines[0] == ("LARV run summary: TaskArithmeticAlgorithm(scaling_factor=1.0) + LARV (gate=lines, "
+                        "lines_alpha=0.125, lines_beta=1, apply=pre (run as post))")
+
+
 def test_jobs_that_shared_a_log_dir_show_no_results(tmp_path, caplog):
     _records(tmp_path, [(["method.eta=1"], 0.5), (["method.eta=2"], 0.6), (["method.eta=3"], 0.7)])
     for num in (0, 1):  # jobs 0 and 1 wrote into one folder (a fixed path.log_dir=...)

@@ -36,8 +36,8 @@ log = logging.getLogger("fusion_bench_larv.paper.collect")
 
 RESULT_COLUMNS = [
     "run_dir", "kind", "modelpool", "backbone", "num_tasks", "setting", "method", "merger", "larv",
-    "method_overrides", "gate", "tiers", "tier_assignment", "corruption", "individual_task",
-    "task", "metric", "accuracy", "loss",
+    "method_overrides", "gate", "tiers", "tier_assignment", "corruption", "individual_task", "split", "tuned",
+    "score_depth_spearman", "task", "metric", "accuracy", "loss",
 ]
 
 
@@ -138,6 +138,23 @@ def gate_label(gate: Optional[str], tiers: Any, tier_assignment: Optional[str]) 
     return str(gate)
 
 
+def _score_depth_spearman(record: Dict[str, Any]) -> Any:
+    """The record's rank correlation of the scores with depth (computed from its blocks for a
+    record written before runs saved it); "" without scores."""
+    if record.get("score_depth_spearman") is not None:
+        return round(float(record["score_depth_spearman"]), 4)
+    blocks = record.get("blocks") or []
+    if not blocks:
+        return ""
+    import torch
+
+    from ..gates import depth_rank_correlation
+
+    scores = torch.tensor([float("nan") if b.get("s") is None else float(b["s"]) for b in blocks], dtype=torch.float64)
+    value = depth_rank_correlation(scores)
+    return "" if value is None else round(value, 4)
+
+
 def _read_overrides_yaml(path: Path) -> Optional[List[str]]:
     try:
         from omegaconf import OmegaConf
@@ -198,6 +215,10 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
         corruption=(meta or {}).get("corruption") or ov.get("corruption", ""),
         individual_task=((meta or {}).get("individual_task") or ov.get("individual_task")
                          or ov.get("modelpool.individual", "")),
+        # validation jobs of a tuned row (paper/select.py) and the tuned rows' test jobs
+        split="val" if str(choices.get("taskpool") or ov.get("taskpool", "")).endswith("_val") else "test",
+        tuned=(meta or {}).get("tuned") or ov.get("tuned", ""),
+        score_depth_spearman=_score_depth_spearman(src) if is_larv else "",
     )
     if method == "dummy" and labels["individual_task"]:
         # a fine-tuned model evaluated alone (FusionBench's *_individual pools, or the
@@ -339,15 +360,17 @@ def normalized_value(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[fl
 
 SUMMARY_COLUMNS = [
     "backbone", "num_tasks", "merger", "larv", "gate", "tiers", "tier_assignment", "method_overrides",
-    "accuracy", "delta_vs_bare", "normalized", "normalized_delta_vs_bare", "run_dir",
+    "score_depth_spearman", "accuracy", "delta_vs_bare", "normalized", "normalized_delta_vs_bare", "run_dir",
 ]
 
 
 def summary_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per evaluated CLIP merge job (bare or LARV, any variant): average accuracy (%),
+    """One row per evaluated CLIP merge job on test with given settings (bare or LARV, any
+    variant; validation jobs and rows tuned on them are in :func:`depth_rows`): average accuracy (%),
     Δ vs the bare merger with the same base hyperparameters (points), normalized accuracy (%:
     accuracy / individual fine-tuned accuracy, averaged over tasks) and its Δ. Cells whose
     inputs are missing are left empty."""
+    rows = [r for r in rows if r.get("split", "test") == "test" and not r.get("tuned")]
     idx = Index(rows)
     has_individual = any(r["kind"] == "individual" for r in rows)
     jobs = [r for r in rows if r["kind"] == "clip" and r["task"] == "average"]
@@ -373,7 +396,7 @@ def summary_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         delta = lambda x, b: "" if x is None or b is None or not r["larv"] else round(100 * (x - b), 2)
         out.append({
             **{k: r.get(k, "") for k in ("backbone", "num_tasks", "merger", "larv", "gate", "tiers",
-                                         "tier_assignment", "method_overrides", "run_dir")},
+                                         "tier_assignment", "method_overrides", "score_depth_spearman", "run_dir")},
             "accuracy": "" if acc is None else round(100 * acc, 2),
             "delta_vs_bare": delta(acc, bare_acc),
             "normalized": "" if norm is None else round(100 * norm, 2),

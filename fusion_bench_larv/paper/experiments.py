@@ -7,8 +7,8 @@ record to :data:`EXPERIMENTS`; the parser, the plan and the sweeps read it from 
 
 The grid (backbones, task settings, mergers, gate variants, pools) is FusionBench 0.2.33's
 names, used exactly, except the pools of ours listed in docs/reproducing.md. The bare baselines
-take their hyperparameters from :data:`fusion_bench_larv.defaults.BASE_MERGERS` (the same values
-as the ``larv_*`` configs' ``base_method``, so every Δ compares like with like), and the gate
+take their hyperparameters from the merger table, :data:`fusion_bench_larv.defaults.MERGERS` (the
+same values as the ``larv_*`` configs' ``base_method``, so every Δ compares like with like), and the gate
 ablation's tier levels from ``defaults.DEFAULT_TIERS`` and ``defaults.TWO_LEVEL_TIERS``.
 """
 
@@ -18,10 +18,12 @@ import argparse
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..defaults import BASE_MERGERS, DEFAULT_TIERS, TWO_LEVEL_TIERS
+from ..defaults import DEFAULT_TIERS, MAIN_MERGERS, TWO_LEVEL_TIERS, Merger
+from ..defaults import MERGERS as MERGER_TABLE
 from .jobs import Job, job
+from .select import Tuned
 
 #: short name → (FusionBench / HF name fragment, label)
 BACKBONES: Dict[str, Tuple[str, str]] = OrderedDict(
@@ -36,45 +38,8 @@ SUITES = ("fusionbench", "tinyclip")
 TINYCLIP_BACKBONE = "tinyclip"
 
 
-@dataclass(frozen=True)
-class Merger:
-    """A base merger: its bare FusionBench config and its LARV wrapper config.
-
-    Args:
-        key: short name on the command line (``--mergers``) and in ``defaults.BASE_MERGERS``.
-        label: name in tables.
-        bare_method: FusionBench's ``method=`` option.
-        bare_keys: the ``BASE_MERGERS`` keys the bare run overrides (the others are FusionBench's
-            own defaults already).
-    """
-
-    key: str
-    label: str
-    bare_method: str
-    bare_keys: Tuple[str, ...] = ()
-
-    @property
-    def bare_overrides(self) -> Tuple[Tuple[str, str], ...]:
-        """``method.<key>=<value>`` of the bare run, the values of ``BASE_MERGERS[key]``."""
-        return tuple((f"method.{k}", str(BASE_MERGERS[self.key][k])) for k in self.bare_keys)
-
-    @property
-    def larv_method(self) -> str:
-        """This package's ``method=`` option."""
-        return f"larv_{self.key}"
-
-
-MERGERS: Dict[str, Merger] = OrderedDict(
-    (m.key, m)
-    for m in [
-        Merger("simple_average", "Simple Averaging", "simple_average"),
-        Merger("task_arithmetic", "Task Arithmetic", "task_arithmetic", ("scaling_factor",)),
-        Merger("ties_merging", "TIES", "ties_merging", ("scaling_factor",)),
-        Merger("tsvm", "TSV-M", "task_singular_vector/TaskSingularVectorMerging", ("alpha",)),
-        Merger("iso_c", "Iso-C", "isotropic_merging/iso_c", ("scaling_factor",)),
-        Merger("iso_cts", "Iso-CTS", "isotropic_merging/iso_cts", ("scaling_factor",)),
-    ]
-)
+#: the main table's mergers (the merger table's ``main`` records, in table order)
+MERGERS: Dict[str, Merger] = OrderedDict((key, MERGER_TABLE[key]) for key in MAIN_MERGERS)
 #: Figure 2 shows "five data-free merging methods"; which five is not stated in what we have of
 #: the paper. Our guess: all studied mergers but simple averaging. Override with --mergers.
 DIAGNOSTIC_MERGERS = ("task_arithmetic", "ties_merging", "tsvm", "iso_c", "iso_cts")
@@ -235,6 +200,64 @@ def _individual_jobs(args) -> List[Job]:
     return jobs
 
 
+def val_taskpool(suite: str, backbone: str, num_tasks: int) -> str:
+    """The validation twin of the task pool a CLIP model-pool alias selects (``..._val``)."""
+    if suite == "tinyclip":
+        return f"larv/tinyclip_synth{num_tasks}_val"
+    return f"CLIPVisionModelTaskPool/clip-vit-classification_{TASK_SETTINGS[num_tasks]}{_ta8_suffix(backbone)}_val"
+
+
+#: the depth-prior comparison's rows with fixed settings (the paper's Appendix D), in table order:
+#: row -> LARV overrides (``None``: the bare merger at its FusionBench setting)
+DEPTH_FIXED_ROWS: Dict[str, Any] = OrderedDict([
+    ("bare", None),
+    ("larv", ()),
+    ("larv_rho0", (("method.rho", "0.0"),)),
+    ("larv_depth_tiers", GATE_VARIANTS["depth_tiers"]),
+    ("linear_ramp", GATE_VARIANTS["linear_depth"]),
+])
+#: LiNeS's β grid (its paper: 0.1...1.0, 0.1...1.5 for TIES)
+LINES_BETAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+LINES_BETAS_TIES = tuple(round(0.1 * i, 1) for i in range(1, 16))
+#: LARV's tier grid for the validation-tuned row (ours, fixed before any result was read):
+#: shallow x deep tier, middle tier 1.0
+TUNED_TIERS = tuple((shallow, 1.0, deep) for shallow in (0.4, 0.6, 0.8) for deep in (1.0, 1.4, 1.8))
+#: the rows tuned on validation, in table order after the fixed ones
+DEPTH_TUNED_ROWS = ("bare_tuned", "lines", "larv_tuned_tiers")
+
+
+def _depth_jobs(args) -> List[Job]:
+    jobs: List[Job] = []
+    for mp in _clip_pools(args):
+        for m in args.mergers:
+            for overrides in DEPTH_FIXED_ROWS.values():
+                jobs += _variant_jobs(mp, [m], ["bare" if overrides is None else "larv"], overrides or ())
+    return jobs
+
+
+def _depth_tuned(args) -> List[Tuned]:
+    """The rows of ``reproduce-larv depth`` chosen on validation data (see ``paper/select.py``)."""
+    out: List[Tuned] = []
+    backbones = [TINYCLIP_BACKBONE] if args.suite == "tinyclip" else list(args.backbones)
+    for b in backbones:
+        for n in args.tasks:
+            pool = ("modelpool", clip_modelpool(args.suite, b, n))
+            val = val_taskpool(args.suite, b, n)
+            for key in args.mergers:
+                m = MERGERS[key]
+                if m.scale_key:
+                    fixed = tuple((k, v) for k, v in m.bare_overrides if k != f"method.{m.scale_key}")
+                    out.append(Tuned("bare_tuned", (pool, ("method", m.bare_method), *fixed), f"method.{m.scale_key}",
+                                     tuple(_num(v) for v in m.scale_grid), val))
+                betas = LINES_BETAS_TIES if key == "ties_merging" else LINES_BETAS
+                out.append(Tuned("lines", (pool, ("method", m.larv_method), ("method.gate", "lines"),
+                                           ("method.lines_alpha", "auto")), "method.lines_beta",
+                                 tuple(_num(v) for v in betas), val))
+                out.append(Tuned("larv_tuned_tiers", (pool, ("method", m.larv_method)), "method.tiers",
+                                 tuple(tiers_override(t) for t in TUNED_TIERS), val))
+    return out
+
+
 def _zeroshot_jobs(args) -> List[Job]:
     # FusionBench's `dummy` method returns the pool's pretrained model unchanged
     return [job(*mp, ("method", "dummy")) for mp in _clip_pools(args)]
@@ -265,6 +288,8 @@ class Experiment:
     axes: Tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     suites: Tuple[str, ...] = SUITES
+    #: rows whose value is chosen on validation data (``paper/select.py``): ``args -> [Tuned]``
+    tuned: Optional[Callable[[argparse.Namespace], List[Tuned]]] = None
 
 
 EXPERIMENTS: Dict[str, Experiment] = OrderedDict((e.name, e) for e in [
@@ -287,6 +312,10 @@ EXPERIMENTS: Dict[str, Experiment] = OrderedDict((e.name, e) for e in [
                ("method",), suites=("fusionbench",)),
     Experiment("individual", "fine-tuned models alone (denominator of the normalized accuracy)", _individual_jobs,
                ("+individual_task", "modelpool.individual", "modelpool")),
+    Experiment("depth", "LARV vs depth priors (Appendix D): LARV, rho=0, depth tiers, LiNeS and a linear ramp; "
+               "scales, LiNeS's beta and a tier grid tuned on validation data",
+               _depth_jobs, ("method.scaling_factor", "method.alpha", "method.lines_beta", "method.tiers", "method",
+                             "modelpool"), dict(tasks=[8, 14, 20], backbones=["b32"]), tuned=_depth_tuned),
     Experiment("zeroshot", "the pretrained model alone (the tables' zero-shot row), 8/14/20 tasks", _zeroshot_jobs,
                ("modelpool",), dict(tasks=[8, 14, 20])),
 ])

@@ -240,6 +240,8 @@ class ResumableFusionProgram(FabricModelFusionProgram):
             interpolate ``${corruption}``); recorded in ``job.json``.
         individual_task: Root-level key of the ``individual`` experiment (which fine-tuned
             model is evaluated); recorded in ``job.json``.
+        tuned: Root-level key of a row whose value was chosen on validation data (its name,
+            see ``paper/select.py``); recorded in ``job.json``.
         *args, **kwargs: Everything ``FabricModelFusionProgram`` takes.
     """
 
@@ -251,6 +253,7 @@ class ResumableFusionProgram(FabricModelFusionProgram):
         gpu_lock_dir: Optional[str] = None,
         corruption: Optional[str] = None,
         individual_task: Optional[str] = None,
+        tuned: Optional[str] = None,
         **kwargs: Any,
     ):
         if not isinstance(skip_existing, bool):
@@ -261,7 +264,7 @@ class ResumableFusionProgram(FabricModelFusionProgram):
         # Root-level keys some FusionBench pools interpolate (`${corruption}`); kept for job.json.
         self.extra_metadata = {
             k: v
-            for k, v in (("corruption", corruption), ("individual_task", individual_task))
+            for k, v in (("corruption", corruption), ("individual_task", individual_task), ("tuned", tuned))
             if v is not None
         }
         super().__init__(*args, **kwargs)

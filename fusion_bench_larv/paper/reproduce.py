@@ -76,11 +76,15 @@ import shutil
 import subprocess
 import sys
 from collections import OrderedDict
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .experiments import (BACKBONES, CORRUPTIONS, EXPERIMENTS, GATE_VARIANTS, MERGERS, SUITES, TASK_SETTINGS,
                           build_jobs, experiment_args)
+from ..atomic import atomic_write_json
+from .collect import collect
 from .jobs import Sweep, group_into_sweeps
+from .select import Tuned, selection_records, winner_jobs
 
 log = logging.getLogger("fusion_bench_larv.paper.reproduce")
 
@@ -143,17 +147,42 @@ def launcher_overrides(args: argparse.Namespace) -> List[str]:
     return out
 
 
-def plan(args: argparse.Namespace) -> List[Tuple[Sweep, List[str]]]:
-    """Every (sweep, command) of the requested experiment(s), in order."""
+def _experiments(args: argparse.Namespace) -> List[str]:
     if args.experiment == "all":
-        experiments = [name for name, e in EXPERIMENTS.items() if args.suite in e.suites]
-    else:
-        experiments = [args.experiment]
+        return [name for name, e in EXPERIMENTS.items() if args.suite in e.suites]
+    return [args.experiment]
+
+
+def tuned_rows(args: argparse.Namespace) -> "OrderedDict[str, List[Tuned]]":
+    """experiment → its rows chosen on validation data (``paper/select.py``), for those that have any."""
+    out: "OrderedDict[str, List[Tuned]]" = OrderedDict()
+    for exp in _experiments(args):
+        spec = EXPERIMENTS[exp]
+        if spec.tuned is not None and args.suite in spec.suites:
+            out[exp] = spec.tuned(experiment_args(exp, args))
+    return out
+
+
+def plan(args: argparse.Namespace, runs: Optional[list] = None) -> List[Tuple[Sweep, List[str]]]:
+    """Every (sweep, command) of the requested experiment(s), in order.
+
+    Phase 1 (``runs`` is None): every job with fixed settings, plus the validation jobs of the
+    tuned rows. Phase 2 (``runs``: the collected job folders after phase 1): the test job of each
+    tuned row's winner (:func:`fusion_bench_larv.paper.select.winner_jobs`).
+    """
     seen = set()
     out: List[Tuple[Sweep, List[str]]] = []
-    for exp in experiments:
+    tuned = tuned_rows(args)
+    for exp in _experiments(args):
         exp_args = experiment_args(exp, args)
-        jobs = [j for j in build_jobs(exp, exp_args) if j.overrides not in seen]
+        if runs is None:
+            candidates = build_jobs(exp, exp_args) + [j for t in tuned.get(exp, []) for j in t.val_jobs()]
+        else:
+            candidates, missing = winner_jobs(tuned.get(exp, []), runs)
+            if missing:
+                raise RuntimeError(f"{exp}: the validation jobs of {len(missing)} tuned row(s) did not all finish "
+                                   f"(e.g. {missing[0]}); rerun the same command to resume")
+        jobs = [j for j in candidates if j.overrides not in seen]
         seen.update(j.overrides for j in jobs)
         extra_keys = [o.split("=", 1)[0] for o in list(args.plumbing) + list(args.overrides)]
         sweeps = group_into_sweeps(exp, jobs, EXPERIMENTS[exp].axes, extra_keys)
@@ -225,18 +254,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     commands = plan(args)
     n_jobs = sum(len(s.jobs) for s, _ in commands)
+    tuned = tuned_rows(args)
+    n_tuned = sum(len(rows) for rows in tuned.values())
     if args.dry_run:
         for _, cmd in commands:
             print(shlex.join(cmd))
-        print(f"# {args.experiment}: {n_jobs} jobs in {len(commands)} fusion_bench multirun commands")
+        print(f"# {args.experiment}: {n_jobs} jobs in {len(commands)} fusion_bench multirun commands"
+              + (f"; then {n_tuned} tuned rows on test, each at the value its validation jobs above choose"
+                 if n_tuned else ""))
         return 0
     exe = fusion_bench_executable(args.fusion_bench)
     log.info("%s: %d jobs in %d multirun commands (finished jobs are skipped)", args.experiment, n_jobs, len(commands))
+    if _run_commands(exe, commands, args.experiment):
+        return 1
+    if not n_tuned:
+        return 0
+    runs = collect(args.output)
+    for exp, rows in tuned.items():
+        path = Path(args.output) / f"selection_{exp}.json"
+        atomic_write_json(path, {"experiment": exp, "rows": selection_records(rows, runs)}, indent=2)
+        log.info("%s: %d tuned rows chosen on validation data, recorded in %s", exp, len(rows), path)
+    phase2 = plan(args, runs)
+    log.info("%s: the %d tuned rows on test (%d multirun commands)", args.experiment,
+             sum(len(s.jobs) for s, _ in phase2), len(phase2))
+    return 1 if _run_commands(exe, phase2, f"{args.experiment} (tuned, on test)") else 0
+
+
+def _run_commands(exe: List[str], commands, desc: str) -> int:
+    """Run the sweeps; the number that failed (each is logged)."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    iterator = tqdm(commands, desc=args.experiment, unit="sweep") if tqdm else commands
+    iterator = tqdm(commands, desc=desc, unit="sweep") if tqdm else commands
     failed = 0
     for sweep, cmd in iterator:
         log.info("running: %s", shlex.join(cmd))
@@ -246,8 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.error("sweep failed (exit %d): %s", rc, shlex.join(cmd))
     if failed:
         log.error("%d of %d sweeps failed; rerun the same command to resume", failed, len(commands))
-        return 1
-    return 0
+    return failed
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,8 +9,13 @@ Output (``--out``):
   ``metric`` says otherwise: Spearman's ρ (``spearman_rho``, GLUE's STS-B) or the GLUE pool's
   average ``score``. Jobs without evaluation (``taskpool=dummy``) have no rows here.
 * ``larv_blocks.csv``: one row per (LARV job, block) with e, c, z, s, tier and scale.
-* ``summary.csv``: one row per evaluated CLIP merge job (bare, or LARV with any gate/tiers):
-  average accuracy, Δ vs the bare merger, normalized accuracy and its Δ (percent / points).
+* ``summary.csv``: one row per evaluated CLIP merge job on test with given settings (bare, or
+  LARV with any gate/tiers): average accuracy, Δ vs the bare merger, normalized accuracy and its
+  Δ (percent / points), and a LARV job's rank correlation of its scores with depth.
+* ``depth.csv`` (``reproduce-larv depth``): one row per (setting, merger, schedule) of the
+  depth-prior comparison, tuned rows with their selected value and validation accuracy
+  (:mod:`fusion_bench_larv.paper.depth`). Validation jobs are in ``results.csv`` only
+  (``split == "val"``); no other table reads them.
 * ``tables.md`` and ``tables.tex``: the paper's layout. Rows are mergers, each followed by its
   "+ LARV" row showing the accuracy and, in parentheses, Δ = LARV − bare in percentage points;
   columns are backbones (main table) or backbone × task count (14/20-task table). Further
@@ -48,6 +53,7 @@ from .collect import (BACKBONE_ORDER, BLOCK_COLUMNS, CORRUPTION_LABELS, GENERALI
                       SUMMARY_COLUMNS, Index, block_rows, collect, individual_average, merger_label, mergers_present,
                       norm_task, normalized_value, setting_order, summary_rows, tidy_rows, variant_crit, write_csv)
 from .experiments import CORRUPTIONS, DEFAULT_GATE_VARIANT, GATE_VARIANTS
+from .depth import DEPTH_COLUMNS, depth_rows, depth_tables
 from .figures import corruption_figure, diagnostics_figure, main_figure
 
 log = logging.getLogger("fusion_bench_larv.paper.tables")
@@ -355,13 +361,19 @@ def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, An
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = collect(root)
-    rows = tidy_rows(runs)
-    blocks = block_rows(runs)
-    write_csv(out / "results.csv", rows, RESULT_COLUMNS)
+    all_rows = tidy_rows(runs)
+    # validation jobs and the rows tuned on them appear only in the depth comparison
+    rows = [r for r in all_rows if r["split"] == "test" and not r["tuned"]]
+    blocks = block_rows([run for run in runs if run.labels["split"] == "test" and not run.labels["tuned"]])
+    write_csv(out / "results.csv", all_rows, RESULT_COLUMNS)
     write_csv(out / "larv_blocks.csv", blocks, BLOCK_COLUMNS)
     write_csv(out / "summary.csv", summary_rows(rows), SUMMARY_COLUMNS)
+    depth = depth_rows(all_rows)
+    if depth:
+        write_csv(out / "depth.csv", depth, DEPTH_COLUMNS)
     # csv round trip types: keep python values for the in-memory tables
     tables, missing = build_tables(rows)
+    tables += depth_tables(depth)
     md = ["# LARV results", "", f"Collected {len(runs)} job reports. Missing cells: {MISSING}.", ""]
     md += [to_markdown(t) for t in tables]
     atomic_write_text(out / "tables.md", "\n".join(md))
