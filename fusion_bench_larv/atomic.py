@@ -68,22 +68,35 @@ def atomic_write_json(path: PathLike, obj: Any, durable: bool = True, **dump_kwa
 
 
 @contextlib.contextmanager
-def atomic_dir(path: PathLike, exist_ok: bool = False) -> Iterator[Path]:
+def atomic_dir(path: PathLike, exist_ok: bool = False, replace: bool = False) -> Iterator[Path]:
     """Yield a new temporary folder next to ``path``; it is renamed to ``path`` when the block
     succeeds and removed in any case.
 
     With ``exist_ok`` a folder that another process put at ``path`` meanwhile is kept (the rename
-    fails and this one is dropped); otherwise that failure is raised.
+    fails and this one is dropped); otherwise that failure is raised. With ``replace`` a folder
+    already at ``path`` when the block succeeds is swapped out: renamed to a hidden
+    ``.<name>.*.old.tmp`` sibling just before the new one is renamed in, then removed, so
+    ``path`` holds the old folder or the new one, never a mix (a crash between the two renames
+    leaves no folder at ``path``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
     try:
         yield tmp
+        if replace and path.is_dir():
+            old = path.parent / f".{path.name}.{secrets.token_hex(4)}.old.tmp"
+            os.replace(path, old)
         try:
             os.replace(tmp, path)
         except OSError:
+            if old is not None:  # put the old folder back rather than leave none
+                os.replace(old, path)
+                old = None
             if not (exist_ok and path.is_dir()):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -21,7 +21,8 @@ What is in it (every size is tiny, and chosen so that a wrong pairing fails loud
 - ``google/flan-t5-base``: a T5 with 2 encoder and 2 decoder blocks and a fast tokenizer;
   ``tanganke/flan-t5-base_glue-<task>_lora-16``: one ``peft`` LoRA adapter per GLUE task;
 - the test split of each TALL20 data set and the corrupted splits of the robustness data sets
-  (8 random images each). Half of each split is labelled with the pretrained ViT-B/32's own
+  (8 random images each), and its train split (20 images: FusionBench's validation sets,
+  ``dataset/image_classification/val/<task>.yaml``, are 10 % of it, so 2 images). Half of each split is labelled with the pretrained ViT-B/32's own
   zero-shot prediction (FusionBench's heads: class names and templates of the task), the other
   half with another class, so accuracies differ from job to job instead of all being 0;
 - GLUE's train and evaluation splits (4 rows each).
@@ -85,6 +86,7 @@ GLUE_TASKS: Dict[str, Tuple[Tuple[str, ...], str, bool]] = {
 }
 T5_ENCODER_BLOCKS = T5_DECODER_BLOCKS = 2  # equal, as in flan-t5 (generation sizes its cache by the encoder count)
 IMAGES_PER_SPLIT = 8
+TRAIN_IMAGES = 20  # the validation task pools take 10 % of the train split: 2 images
 #: the backbone whose zero-shot predictions label half of every image split
 LABEL_BACKBONE = "clip-vit-base-patch32"
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -237,15 +239,15 @@ def _half_right_labels(classifier, processor, images) -> List[int]:
 
 def write_image_datasets(hf_home: Path, clips: Dict[str, tuple]) -> None:
     for k, (task, (repo_id, config, split)) in enumerate(IMAGE_DATASETS.items()):
-        names = [split] + (list(CORRUPTIONS) if task in ROBUSTNESS_TASKS else [])
+        names = [split] + (list(CORRUPTIONS) if task in ROBUSTNESS_TASKS else []) + ["train"]
         clip, processor = clips[LABEL_BACKBONE]
         classifier = _zero_shot_classifier(clip, processor, task)
         splits = {}
         for j, name in enumerate(names):
-            images = _images(IMAGES_PER_SPLIT, seed=100 * k + j)
+            images = _images(TRAIN_IMAGES if name == "train" else IMAGES_PER_SPLIT, seed=100 * k + j)
             labels = _half_right_labels(classifier, processor, images)
             if task == "fer2013":  # webdataset columns, renamed by fusion_bench.dataset.fer2013
-                keys = [f"{name}_{i}" for i in range(IMAGES_PER_SPLIT)]
+                keys = [f"{name}_{i}" for i in range(len(images))]
                 splits[name] = {"__key__": keys, "__url__": keys, "jpg": images, "cls": labels}
             else:
                 splits[name] = {"image": images, "label": labels}

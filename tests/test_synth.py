@@ -98,10 +98,12 @@ def test_handwritten_digits_is_real_data_with_disjoint_splits():
     from sklearn.datasets import load_digits
 
     train, _ = generate("handwritten_digits", "train", 5000, seed=0)
+    val, _ = generate("handwritten_digits", "val", 5000, seed=0)
     test, _ = generate("handwritten_digits", "test", 5000, seed=0)
-    assert len(train) + len(test) == len(load_digits().target)
-    # images are re-tinted/shifted per draw, so compare the 8x8 sources via the split permutation
-    assert len(test) == int(len(load_digits().target) * 0.2)
+    assert len(train) + len(val) + len(test) == len(load_digits().target)
+    # images are re-tinted/shifted per draw, so the sources are compared by index in
+    # test_validation_splits.py (tasks.handwritten_pool): 20 % held out, half val, half test
+    assert len(val) + len(test) == int(len(load_digits().target) * 0.2) and (len(val), len(test)) == (179, 180)
 
 
 def test_captions_cover_every_task_vocabulary():

@@ -4,7 +4,7 @@ Layout under ``<cache dir>/tinyclip_synth_seed<seed>/``::
 
     manifest.json            seed, recipe, per-artefact build times
     prompts.json             {task: {"classnames": [...], "templates": [...]}} for the whole suite
-    data/<task>/{train,test} datasets.Dataset.save_to_disk, columns image (PIL) / label
+    data/<task>/{train,val,test}  datasets.Dataset.save_to_disk, columns image (PIL) / label
     pretrained/              CLIPModel + CLIPProcessor (save_pretrained)
     finetuned/<task>/        CLIPVisionModel (save_pretrained)
 
@@ -12,6 +12,12 @@ Every artefact is written to a temporary sibling and renamed into place when com
 interrupted build resumes where it stopped, and a present artefact is never rebuilt. The
 pretrained model is trained on captions of *all* ``recipe.suite`` tasks, whatever subset is
 being built, so the 8-task build is a prefix of the 14- and 20-task builds.
+
+Validation splits (``val``, :attr:`Recipe.n_val` images: ``VAL_FRACTION`` of ``n_train``) were
+added after the shipped weights were made. They are not part of the recorded recipe, so the
+recipe, the shipped weights and every other split are unchanged; a cache folder from before them
+gets ``data/<task>/val`` added on its next use, and ``data/handwritten_digits``, whose test split
+gave up half its images to the validation split (``tasks.handwritten_pool``), is redrawn whole.
 
 Cache dir: ``$FUSION_BENCH_LARV_CACHE``, else ``$XDG_CACHE_HOME/fusion_bench_larv``, else
 ``~/.cache/fusion_bench_larv``.
@@ -35,7 +41,7 @@ import torch
 from ..atomic import atomic_dir, atomic_write_json
 from .model import ModelSize
 from .shipped import ShippedAssets
-from .tasks import SUITES, TASK_NAMES, check_text_layout, generate, prompts, suite_tasks
+from .tasks import SUITES, TASK_NAMES, VAL_FROM_TEST, check_text_layout, generate, prompts, suite_tasks
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,10 @@ log = logging.getLogger(__name__)
 # the concepts of background, parity and orientation rarely (tasks._P_ATTRIBUTE). A folder
 # written by another version holds other images and weights under the same recipe; it is refused.
 MANIFEST_VERSION = 3
+# Validation images per training image (FusionBench's val splits are 10 % of train); a module
+# constant, not a Recipe field, so that the recorded recipe, and with it the shipped weights,
+# stay those of the builds made before validation splits existed.
+VAL_FRACTION = 0.1
 BUILD_COMMAND = "python -m fusion_bench_larv.synth build --tasks {n}"
 
 
@@ -55,7 +65,7 @@ class Recipe:
         suite: the first ``suite`` tasks of ``tasks.SUITE_ORDER`` caption the pretraining data
             (in the generator's order, ``tasks.suite_tasks``); every built task must be one of them.
         n_train / n_test: images per task and split (``handwritten_digits`` is capped by the
-            1797 UCI digits: 20% test).
+            1797 UCI digits: 1438 train, 180 test). The validation split has :attr:`n_val`.
         pretrain_per_task: pretraining images per suite task (own random stream).
         pretrain_*: contrastive pretraining schedule (AdamW, cosine, 10% warm-up); with
             ``pretrain_tasks_per_batch`` > 0 each batch mixes that many tasks (hard negatives),
@@ -103,6 +113,13 @@ class Recipe:
             if not getattr(self, key) > 0:
                 raise ValueError(f"`{key}` must be > 0, got {getattr(self, key)}")
 
+    @property
+    def n_val(self) -> int:
+        """Validation images per task: ``VAL_FRACTION`` of ``n_train``, at least 1 (200 by
+        default; ``handwritten_digits`` is capped at its 179-image validation pool). Derived,
+        not recorded: see ``VAL_FRACTION``."""
+        return max(1, int(self.n_train * VAL_FRACTION))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -134,9 +151,19 @@ class Assets:
         return self.root / "finetuned" / task
 
     def missing(self, tasks: Sequence[str], finetuned: bool = True) -> List[str]:
-        """Artefact names (``data/<task>``, ``pretrained``, ``finetuned/<task>``) not yet built."""
+        """Artefact names (``data/<task>``, ``data/<task>/val``, ``pretrained``,
+        ``finetuned/<task>``) not yet built.
+
+        ``data/<task>/val`` is a validation split missing from a folder written before they
+        existed; for a task of ``tasks.VAL_FROM_TEST`` such a folder holds the former, larger
+        test split, so the whole ``data/<task>`` is named (and redrawn).
+        """
         out = [] if self.prompts.exists() else ["prompts"]
-        out += [f"data/{t}" for t in tasks if not self.data(t).exists()]
+        for t in tasks:
+            if not self.data(t).exists() or (t in VAL_FROM_TEST and not self.data(t, "val").exists()):
+                out.append(f"data/{t}")
+            elif not self.data(t, "val").exists():
+                out.append(f"data/{t}/val")
         out += [] if self.pretrained.exists() else ["pretrained"]
         if finetuned:
             out += [f"finetuned/{t}" for t in tasks if not self.finetuned(t).exists()]
@@ -313,16 +340,19 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
 
     from tqdm.auto import tqdm
 
-    todo_data = [t for t in tasks if f"data/{t}" in todo]
+    todo_data = [a for a in todo if a.startswith("data/")]
+    sizes = {"train": recipe.n_train, "val": recipe.n_val, "test": recipe.n_test}
     loop_start = time.perf_counter()
-    for task in tqdm(todo_data, desc="generate datasets", unit="task"):
+    for artefact in tqdm(todo_data, desc="generate datasets", unit="task"):
         start = time.perf_counter()
+        task, _, only = artefact[len("data/") :].partition("/")  # data/<task> or data/<task>/val
         classnames, _ = prompts(task)
-        with atomic_dir(assets.data(task)) as tmp:
-            for split, n in (("train", recipe.n_train), ("test", recipe.n_test)):
-                images, labels = generate(task, split, n, recipe.seed)
-                _save_dataset(images, labels, classnames, tmp / split)
-        done(f"data/{task}", start, level=logging.DEBUG)
+        # replace: a stale folder (tasks.VAL_FROM_TEST, written before validation splits) is swapped out
+        with atomic_dir(assets.data(task, only or None), replace=True) as tmp:
+            for split in [only] if only else sizes:
+                images, labels = generate(task, split, sizes[split], recipe.seed)
+                _save_dataset(images, labels, classnames, tmp if only else tmp / split)
+        done(artefact, start, level=logging.DEBUG)
     if todo_data:
         log.info("generated %d dataset(s) in %.1f s", len(todo_data), time.perf_counter() - loop_start)
 

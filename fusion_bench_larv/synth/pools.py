@@ -1,7 +1,8 @@
 """FusionBench model / task pools over the ``tinyclip_synth`` assets (built on first use).
 
 ``modelpool=tinyclip_synth8`` (14, 20) selects :class:`SynthCLIPVisionModelPool` and, through
-its defaults list, ``taskpool=larv/tinyclip_synth8`` (:class:`SynthCLIPTaskPool`). Both find
+its defaults list, ``taskpool=larv/tinyclip_synth8`` (:class:`SynthCLIPTaskPool`);
+``taskpool=larv/tinyclip_synth8_val`` evaluates on the validation splits instead. Both find
 the assets in the cache (see :mod:`fusion_bench_larv.synth.build`) and build the missing ones
 first, unless ``build_if_missing: false``, in which case they stop with the command to run.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -68,13 +69,14 @@ class SynthCLIPVisionModelPool(CLIPVisionModelPool):
             models = {"_pretrained_": str(assets.pretrained)} | {t: str(assets.finetuned(t)) for t in tasks}
         else:
             models = {"_pretrained_": str(assets.finetuned(individual))}
-        for key in ("models", "processor", "train_datasets", "test_datasets"):
+        for key in ("models", "processor", "train_datasets", "val_datasets", "test_datasets"):
             if kwargs.pop(key, None) is not None:
                 log.warning("SynthCLIPVisionModelPool sets `%s` itself; the configured value is ignored", key)
         super().__init__(
             DictConfig(models),
             processor=str(assets.pretrained),
             train_datasets=DictConfig({t: _dataset_config(assets, t, "train") for t in tasks}),
+            val_datasets=DictConfig({t: _dataset_config(assets, t, "val") for t in tasks}),
             test_datasets=DictConfig({t: _dataset_config(assets, t, "test") for t in tasks}),
             **kwargs,
         )
@@ -83,11 +85,14 @@ class SynthCLIPVisionModelPool(CLIPVisionModelPool):
 
 
 class SynthCLIPTaskPool(CLIPClassificationTaskPool):
-    """``CLIPClassificationTaskPool`` over the synthetic suite's test sets and prompts.
+    """``CLIPClassificationTaskPool`` over the synthetic suite's test (or validation) sets and prompts.
 
     The zero-shot heads use the pretrained synthetic CLIP's text tower. Args as for
     :class:`SynthCLIPVisionModelPool` (``tasks``, ``cache_dir``, ``seed``,
-    ``build_if_missing``); ``dataloader_kwargs`` and the rest go to the parent class.
+    ``build_if_missing``), plus ``split``: ``"test"`` (default) or ``"val"``, the validation
+    splits (disjoint from test and from the fine-tuning data; docs/benchmark.md), to choose
+    hyperparameters without looking at the test sets. ``dataloader_kwargs`` and the rest go to
+    the parent class.
     """
 
     def __init__(
@@ -97,16 +102,19 @@ class SynthCLIPTaskPool(CLIPClassificationTaskPool):
         cache_dir: Optional[str] = None,
         seed: int = 0,
         build_if_missing: bool = True,
+        split: Literal["test", "val"] = "test",
         **kwargs,
     ):
         tasks = _task_list(tasks)
+        if split not in ("test", "val"):
+            raise ValueError(f"`split` must be 'test' or 'val', got {split!r}")
         assets = ensure(tasks, cache_dir=cache_dir, seed=seed, build_if_missing=build_if_missing, finetuned=False)
         table = json.loads(assets.prompts.read_text())
         for key in ("test_datasets", "clip_model", "processor", "classnames", "templates"):
             if kwargs.pop(key, None) is not None:
                 log.warning("SynthCLIPTaskPool sets `%s` itself; the configured value is ignored", key)
         super().__init__(
-            DictConfig({t: _dataset_config(assets, t, "test") for t in tasks}),
+            DictConfig({t: _dataset_config(assets, t, split) for t in tasks}),
             classnames={t: table[t]["classnames"] for t in tasks},
             templates={t: table[t]["templates"] for t in tasks},
             clip_model=str(assets.pretrained),
@@ -114,3 +122,4 @@ class SynthCLIPTaskPool(CLIPClassificationTaskPool):
             **kwargs,
         )
         self.tasks, self.cache_dir, self.seed, self.build_if_missing = tasks, cache_dir, seed, build_if_missing
+        self.split = split

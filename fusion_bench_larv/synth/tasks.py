@@ -594,6 +594,10 @@ _COVERAGE: Dict[str, float] = {"orientation": 0.03, "background": 0.03, "parity"
 
 _HANDWRITTEN = "handwritten_digits"
 _TEST_FRACTION_HANDWRITTEN = 0.2
+#: Tasks whose validation split was carved out of their former test split, so that a cache folder
+#: of theirs written before validation splits existed holds a test split that overlaps the new
+#: validation split (see :func:`handwritten_pool`).
+VAL_FROM_TEST: Tuple[str, ...] = (_HANDWRITTEN,)
 
 TASKS: Dict[str, TaskSpec] = {}
 
@@ -647,13 +651,39 @@ def task_seed(seed: int, task: str, split: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, zlib.crc32(task.encode()), zlib.crc32(split.encode())])
 
 
+#: The splits :func:`generate` draws; the cache stores ``train``, ``val`` and ``test``.
+SPLITS: Tuple[str, ...] = ("train", "val", "test", "pretrain")
+
+
+def handwritten_pool(split: str, seed: int) -> np.ndarray:
+    """Indices of the UCI digits that ``handwritten_digits``' ``split`` draws from.
+
+    A fixed permutation of the 1797 digits (seeded by ``seed``) puts its first 20 % (359)
+    aside: its first half (179) is the validation pool, the second (180) the test pool. The
+    other 80 % (1438) are the pool of ``train`` and ``pretrain`` (the shipped tower was
+    fine-tuned on all of it). Validation therefore stays disjoint from every image the model
+    was pretrained or fine-tuned on; it was carved out of the test pool because the train pool
+    is used whole (taking it from train would change the training data and invalidate the
+    shipped weights). Until validation splits existed, ``test`` drew from all 359.
+    """
+    total = len(_sklearn_digits()[1])
+    order = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(total)
+    held_out = int(total * _TEST_FRACTION_HANDWRITTEN)
+    if split == "val":
+        return order[: held_out // 2]
+    if split == "test":
+        return order[held_out // 2 : held_out]
+    return order[held_out:]
+
+
 def generate(task: str, split: str, n: int, seed: int, with_captions: bool = False):
     """Generate ``n`` labelled images of ``task``.
 
     Args:
         task: a name in ``TASK_NAMES``.
-        split: ``"train"``, ``"test"`` or ``"pretrain"``; each has its own random stream, and
-            ``handwritten_digits`` uses a fixed 20% (test) / 80% split of the UCI digits.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"pretrain"``; each has its own random
+            stream, and ``handwritten_digits`` draws each from a fixed pool of the UCI digits
+            (:func:`handwritten_pool`: 80 % train and pretrain, 10 % val, 10 % test).
         n: number of images (classes are balanced up to rounding; ``handwritten_digits`` is
             capped by the data available in its split).
         seed: the suite seed.
@@ -664,15 +694,13 @@ def generate(task: str, split: str, n: int, seed: int, with_captions: bool = Fal
     """
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; known: {list(TASK_NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {list(SPLITS)}, got {split!r}")
     spec = TASKS[task]
     rng = np.random.default_rng(task_seed(seed, task, split))
     images, labels, captions = [], [], []
     if task == _HANDWRITTEN:
-        total = len(_sklearn_digits()[1])
-        order = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(total)
-        n_test = int(total * _TEST_FRACTION_HANDWRITTEN)
-        pool = order[:n_test] if split == "test" else order[n_test:]
-        for idx in rng.permutation(pool)[:n]:
+        for idx in rng.permutation(handwritten_pool(split, seed))[:n]:
             img, y = sklearn_digit_image(int(idx), rng)
             images.append(img)
             labels.append(y)
