@@ -41,9 +41,12 @@ CUTS: Dict[str, List[str]] = {
     "generalization": ["--mergers", "simple_average", *CLIP_WORKERS],
     "nlp": ["--mergers", "simple_average", "--plumbing", "taskpool.num_workers=0"],
     "individual": ["--backbones", "b32", *CLIP_WORKERS],
+    # simple averaging has no global scale: fixed rows, LiNeS's beta grid and the tier grid on
+    # FusionBench's TA8 validation pool, then the two winners on test
+    "depth": ["--mergers", "simple_average", "--tasks", "8", *CLIP_WORKERS],
 }
 #: experiments whose tables also read another experiment's jobs
-NEEDS = {"gates": ["main"], "tiers": ["main"], "individual": ["main"]}
+NEEDS = {"gates": ["main"], "tiers": ["main"], "individual": ["main"], "depth": ["main"]}
 TA8 = list(TALL20[:8])
 
 
@@ -269,3 +272,18 @@ def test_individual(reproduced):
     bare = task_results(job(reproduced.output, "clip-vit-base-patch32_TA8", "simple_average")["report"])
     normalized = sum(bare[t]["accuracy"] / a for t, a in zip(TA8, accs)) / len(TA8)
     assert paired(md_table(out, "Normalized accuracy (%), 8 tasks"), "Simple Averaging", "ViT-B/32")[0] == pct(normalized)
+
+
+def test_depth(reproduced):
+    out = reproduced.tables("depth")
+    selection = json.loads((reproduced.output / "selection_depth.json").read_text())["rows"]
+    assert {r["row"] for r in selection} == {"lines", "larv_tuned_tiers"}
+    for record in selection:
+        assert record["val_taskpool"] == "CLIPVisionModelTaskPool/clip-vit-classification_TA8_val"
+        accs = [g["val_accuracy"] for g in record["grid"]]
+        assert record["selected"] == record["grid"][accs.index(max(accs))]["value"]
+    rows = md_table(out, "LARV vs depth priors, ViT-B/32, 8 tasks")
+    bare = average(job(reproduced.output, "clip-vit-base-patch32_TA8", "simple_average"))
+    assert cell(rows, "bare (FusionBench setting)", "Simple Averaging") == pct(bare)
+    lines = next(r for r in selection if r["row"] == "lines")
+    assert f"[β {lines['selected']}; val" in cell(rows, "LiNeS, β tuned †", "Simple Averaging")
