@@ -333,6 +333,10 @@ def save_heatmap(grid, out: Path, delta: bool, baseline: Optional[str]) -> Dict[
 
 
 # ----------------------------------------------------------------------------- the callback
+# sweep folder -> its held lock; kept outside the callback, which launchers pickle
+_SWEEP_LOCKS: Dict[str, contextlib.ExitStack] = {}
+
+
 class LARVSweepCallback(Callback):
     """Hydra callback of this package's primary config (see the module docstring).
 
@@ -345,7 +349,6 @@ class LARVSweepCallback(Callback):
         if baseline is not None and (not isinstance(baseline, str) or not baseline):
             raise TypeError(f"hydra.callbacks.larv_sweep.baseline: expected a path, got {baseline!r}")
         self.baseline = None if baseline is None else os.path.abspath(os.path.expanduser(baseline))
-        self._sweep_lock = contextlib.ExitStack()  # holds the sweep folder's lock during a sweep
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.baseline is not None and not accuracies(read_report(self.baseline)):
@@ -363,23 +366,27 @@ class LARVSweepCallback(Callback):
             log.warning("fusion-bench-larv: could not summarise the job: %s", e, exc_info=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            self._summarise(Path(str(config.hydra.sweep.dir)))
+            self._summarise(sweep_dir)
         finally:
-            self._sweep_lock.close()
+            _SWEEP_LOCKS.pop(os.path.abspath(sweep_dir), contextlib.ExitStack()).close()
 
     def _claim_sweep_dir(self, sweep_dir: Path) -> None:
         """Hold ``<sweep dir>/.larv_sweep.lock`` until the sweep ends: two sweeps writing one
         folder would overwrite each other's job folders (``0``, ``1``, ...) and records, and the
         table would mix them. The second one stops before any job runs."""
-        self._sweep_lock.close()
+        key = os.path.abspath(sweep_dir)
+        _SWEEP_LOCKS.pop(key, contextlib.ExitStack()).close()
+        held = contextlib.ExitStack()
         try:
-            self._sweep_lock.enter_context(try_file_lock(sweep_dir / SWEEP_LOCK))
+            held.enter_context(try_file_lock(sweep_dir / SWEEP_LOCK))
         except LockBusy as e:
             raise RuntimeError(
                 f"another sweep (pid {e.holder or '?'}) is writing {sweep_dir}: this sweep's jobs would overwrite its "
                 f"job folders and records. Give this sweep its own folder (hydra.sweep.dir=...), or wait for that one "
                 f"to end") from None
+        _SWEEP_LOCKS[key] = held
 
     def _summarise(self, sweep_dir: Path) -> None:
         if not sweep_dir.is_dir():

@@ -341,17 +341,27 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
 @contextlib.contextmanager
 def _writable(assets: Assets):
     """Hold ``assets.lock()``; a cache folder that cannot be written is a clear error."""
+
+    def unwritable(e: OSError) -> PermissionError:
+        return PermissionError(
+            f"cannot build the tinyclip_synth assets in {assets.root}: {assets.cache_dir} is not writable "
+            f"({e}). Point FUSION_BENCH_LARV_CACHE (or modelpool.cache_dir / --cache-dir) at a folder you can "
+            f"write, or have the cache's owner build it"
+        )
+
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(assets.lock())
     except OSError as e:
-        raise PermissionError(
-            f"cannot build the tinyclip_synth assets in {assets.root}: {assets.cache_dir} is not writable "
-            f"({e}). Point FUSION_BENCH_LARV_CACHE (or modelpool.cache_dir / --cache-dir) at a folder you can "
-            f"write, or have the cache's owner build it"
-        ) from e
+        raise unwritable(e) from e
     with stack:
-        yield
+        try:
+            yield
+        except PermissionError as e:  # the lock file was there to open, the folder is read-only
+            inside = e.filename and os.path.abspath(e.filename).startswith(os.path.abspath(assets.cache_dir))
+            if not inside:
+                raise
+            raise unwritable(e) from e
 
 
 def _todo(assets: Assets, tasks: Sequence[str]) -> List[str]:
