@@ -159,8 +159,17 @@ def run_summary_lines(report: Dict[str, Any], record: Dict[str, Any], log_dir: P
 
 # ----------------------------------------------------------------------------- the sweep
 def load_records(sweep_dir: Path) -> List[Dict[str, Any]]:
-    """The job records of a sweep (``<sweep dir>/<subdir>/sweep_job.json``), by job number."""
-    records = [r for r in (read_json(p) for p in Path(sweep_dir).glob(f"*/{JOB_RECORD}")) if isinstance(r, dict)]
+    """The job records of a sweep (``<sweep dir>/<subdir>/sweep_job.json``), by job number. A
+    record that cannot be read (truncated, damaged) is a row with status ``unreadable record``
+    naming the file, not a missing row."""
+    records = []
+    for path in Path(sweep_dir).glob(f"*/{JOB_RECORD}"):
+        record = read_json(path, warn=True)
+        if not isinstance(record, dict):
+            name = path.parent.name
+            record = {"job_num": int(name) if name.isdigit() else None, "status": "unreadable record",
+                      "output_dir": str(path.parent), "error": f"{path} cannot be read as a job record"}
+        records.append(record)
     return sorted(records, key=lambda r: (r.get("job_num") is None, r.get("job_num"), str(r.get("output_dir"))))
 
 

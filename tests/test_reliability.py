@@ -304,6 +304,16 @@ def test_a_second_sweep_into_a_folder_in_use_stops_before_any_job(tmp_path):
     callback.on_multirun_end(config)
 
 
+def test_a_damaged_job_record_is_a_row_that_says_so(tmp_path):
+    for num, text in ((0, json.dumps({"job_num": 0, "status": "failed", "overrides": ["method.eta=1"],
+                                      "error": "ValueError: x"})), (1, '{"job_num": 1, "stat')):
+        (tmp_path / str(num)).mkdir()
+        (tmp_path / str(num) / sweep.JOB_RECORD).write_text(text)
+    rows = sweep.write_sweep_summary(tmp_path)["rows"]
+    assert [(r["job"], r["status"]) for r in rows] == [(0, "failed"), (1, "unreadable record")]
+    assert rows[1]["error"] == f"{tmp_path / '1' / sweep.JOB_RECORD} cannot be read as a job record"
+
+
 @pytest.mark.slow
 def test_a_joblib_multirun_on_an_empty_cache_builds_once(tmp_path):
     """4 jobs start together on a cache that holds only a manifest (the tiny recipe, nothing
