@@ -13,8 +13,8 @@ interrupted build (even a SIGKILL) resumes where it stopped, and a present artef
 rebuilt unless it is damaged. One build per cache folder runs at a time, under an advisory lock
 (``Assets.lock()``, ``.tinyclip_synth_seed<seed>.lock`` next to the folder): a second process
 waits, with a log line, and then finds the artefacts built. The manifest records every
-artefact's digest (:mod:`.digests`); ``ensure`` (the pools) and ``build`` verify them, once per
-process, and rebuild a damaged artefact with a warning naming the file. The
+artefact's digest (:mod:`.cache`, :mod:`.digests`); ``ensure`` (the pools) and ``build`` verify
+them, once per process, and rebuild a damaged artefact with a warning naming the file. The
 pretrained model is trained on captions of *all* ``recipe.suite`` tasks, whatever subset is
 being built, so the 8-task build is a prefix of the 14- and 20-task builds.
 
@@ -24,12 +24,8 @@ Cache dir: ``$FUSION_BENCH_LARV_CACHE``, else ``$XDG_CACHE_HOME/fusion_bench_lar
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
-import os
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -40,20 +36,16 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir, atomic_write_json
-from ..locks import file_lock
-from .digests import forget_artefact, record_artefact, verify
+from .cache import (  # noqa: F401 (Assets, default_cache_dir, describe_artefacts: imported from here too)
+    MANIFEST_VERSION, Assets, default_cache_dir, describe_artefacts, record_if_writable, repair, writable_lock,
+)
+from .digests import record_artefact, verify
 from .model import ModelSize
 from .shipped import ShippedAssets
 from .tasks import SUITES, TASK_NAMES, check_text_layout, generate, prompts, suite_tasks
 
 log = logging.getLogger(__name__)
 
-# The generator's version: 2 gave every task its own image domain (tasks.add_frame), 3 captions
-# the concepts of background, parity and orientation rarely (tasks._P_ATTRIBUTE). A folder
-# written by another version holds other images and weights under the same recipe; it is refused.
-MANIFEST_VERSION = 3
-#: artefacts that are files (the others are folders named like the artefact)
-ARTEFACT_FILES = {"prompts": "prompts.json"}
 BUILD_COMMAND = "python -m fusion_bench_larv.synth build --tasks {n}"
 
 
@@ -116,94 +108,6 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("FUSION_BENCH_LARV_CACHE"):
-        return Path(os.environ["FUSION_BENCH_LARV_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "fusion_bench_larv"
-
-
-class Assets:
-    """Paths of one asset tree (``<cache>/tinyclip_synth_seed<seed>``)."""
-
-    def __init__(self, cache_dir: Union[str, Path, None] = None, seed: int = 0):
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.seed = int(seed)
-        self.root = self.cache_dir / f"tinyclip_synth_seed{self.seed}"
-
-    manifest = property(lambda self: self.root / "manifest.json")
-    prompts = property(lambda self: self.root / "prompts.json")
-    pretrained = property(lambda self: self.root / "pretrained")
-
-    def data(self, task: str, split: Optional[str] = None) -> Path:
-        path = self.root / "data" / task
-        return path / split if split else path
-
-    def finetuned(self, task: str) -> Path:
-        return self.root / "finetuned" / task
-
-    def path(self, artefact: str) -> Path:
-        """Where artefact ``artefact`` (``prompts``, ``data/<task>``, ...) lies."""
-        return self.root / ARTEFACT_FILES.get(artefact, artefact)
-
-    def artefacts(self, tasks: Sequence[str], finetuned: bool = True) -> List[str]:
-        """Artefact names (``prompts``, ``data/<task>``, ``pretrained``, ``finetuned/<task>``) of ``tasks``."""
-        out = ["prompts", *(f"data/{t}" for t in tasks), "pretrained"]
-        return out + [f"finetuned/{t}" for t in tasks] if finetuned else out
-
-    def missing(self, tasks: Sequence[str], finetuned: bool = True) -> List[str]:
-        """The artefacts of ``tasks`` not yet built."""
-        return [a for a in self.artefacts(tasks, finetuned) if not self.path(a).exists()]
-
-    @property
-    def lock_file(self) -> Path:
-        """``<cache>/.tinyclip_synth_seed<seed>.lock``, next to the folder (never deleted)."""
-        return self.cache_dir / f".{self.root.name}.lock"
-
-    def lock(self):
-        """The build lock of this folder (``with assets.lock(): ...``; see :mod:`fusion_bench_larv.locks`):
-        every writer of the folder holds it. Re-entrant within a process; a process that waits
-        for another one's build says so."""
-        return file_lock(self.lock_file, waiting=f"another process is building {self.root}")
-
-    def read_manifest(self) -> Optional[dict]:
-        try:
-            return json.loads(self.manifest.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"{self.manifest} cannot be read ({type(e).__name__}: {e}): it records the recipe and the "
-                f"artefacts' digests, so the folder cannot be checked; delete {self.root} (it is rebuilt) "
-                f"or use another --cache-dir"
-            ) from e
-
-    def check_version(self) -> None:
-        """Raise if the folder was written by another version of the generator."""
-        manifest = self.read_manifest()
-        found = manifest.get("version") if manifest else MANIFEST_VERSION
-        if found != MANIFEST_VERSION:
-            raise ValueError(
-                f"{self.root} was built by version {found} of the tinyclip_synth generator, this is "
-                f"version {MANIFEST_VERSION} (other images and weights); delete that folder or use another --cache-dir"
-            )
-
-    def recipe(self) -> Optional[Recipe]:
-        manifest = self.read_manifest()
-        return Recipe(**manifest["recipe"]) if manifest else None
-
-
-def describe_artefacts(artefacts: Sequence[str]) -> str:
-    """``["prompts", "data/a", "data/b", "finetuned/a"]`` → ``"prompts; data (2): a, b; finetuned (1): a"``."""
-    groups: Dict[str, List[str]] = {}
-    for artefact in artefacts:
-        kind, _, task = artefact.partition("/")
-        groups.setdefault(kind, [])
-        if task:
-            groups[kind].append(task)
-    return "; ".join(f"{kind} ({len(names)}): {', '.join(names)}" if names else kind for kind, names in groups.items())
 
 
 def _torch_seed(recipe: Recipe, what: str) -> int:
@@ -288,11 +192,16 @@ def _shipped_source(shipped, seed: int, recipe: Recipe) -> Optional[ShippedAsset
     return source if source is not None and source.matches(MANIFEST_VERSION, recipe.to_dict()) else None
 
 
+def _recorded_recipe(assets: Assets) -> Optional[Recipe]:
+    manifest = assets.read_manifest()
+    return Recipe(**manifest["recipe"]) if manifest else None
+
+
 def _checked_recipe(assets: Assets, recipe: Optional[Recipe], tasks: Sequence[str]):
     """(recipe, tasks): the requested recipe, else the recorded one, else ``Recipe(seed)``;
     raise if the folder is another generator version's or another recipe's."""
     assets.check_version()
-    recorded = assets.recipe()
+    recorded = _recorded_recipe(assets)
     if recipe is None:
         recipe = recorded or Recipe(seed=assets.seed)
     elif recorded is not None and recorded.to_dict() != recipe.to_dict():
@@ -319,10 +228,11 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
     resolved, checked = _checked_recipe(assets, recipe, tasks)
     if _draws(assets.missing(checked), _shipped_source(shipped, assets.seed, resolved)):
         check_text_layout()  # images are drawn: refuse before anything is written
-    with _writable(assets):
+    with writable_lock(assets):
         recipe, tasks = _checked_recipe(assets, recipe, tasks)  # another build may have run meanwhile
         source = _shipped_source(shipped, assets.seed, recipe)
-        todo = _todo(assets, tasks)
+        repair(assets, assets.artefacts(tasks))
+        todo = assets.missing(tasks)
         if not todo:
             log.info("tinyclip_synth assets complete in %s", assets.root)
             return assets
@@ -336,72 +246,6 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
         copied = _pretrained(assets, recipe, todo, source)
         _finetuned(assets, recipe, tasks, todo, source, copied)
     return assets
-
-
-@contextlib.contextmanager
-def _writable(assets: Assets):
-    """Hold ``assets.lock()``; a cache folder that cannot be written is a clear error."""
-
-    def unwritable(e: OSError) -> PermissionError:
-        return PermissionError(
-            f"cannot build the tinyclip_synth assets in {assets.root}: {assets.cache_dir} is not writable "
-            f"({e}). Point FUSION_BENCH_LARV_CACHE (or modelpool.cache_dir / --cache-dir) at a folder you can "
-            f"write, or have the cache's owner build it"
-        )
-
-    stack = contextlib.ExitStack()
-    try:
-        stack.enter_context(assets.lock())
-    except OSError as e:
-        raise unwritable(e) from e
-    with stack:
-        try:
-            yield
-        except PermissionError as e:  # the lock file was there to open, the folder is read-only
-            inside = e.filename and os.path.abspath(e.filename).startswith(os.path.abspath(assets.cache_dir))
-            if not inside:
-                raise
-            raise unwritable(e) from e
-
-
-def _todo(assets: Assets, tasks: Sequence[str]) -> List[str]:
-    """The artefacts to build, under the lock: the missing ones and the damaged ones, which are
-    removed (one warning each, naming the file). Also clears what killed builds left behind and
-    records the digests of present artefacts that have none."""
-    _remove_leftovers(assets)
-    damaged, unrecorded = verify(assets, assets.artefacts(tasks))
-    _record_unrecorded(assets, unrecorded)
-    for name, problem in damaged.items():
-        log.warning("tinyclip_synth: %s; rebuilding %s", problem, name)
-        path = assets.path(name)
-        aside = path.with_name(f".{path.name}.damaged.{os.getpid()}.tmp")
-        os.replace(path, aside)
-        forget_artefact(assets, name)
-        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
-    return assets.missing(tasks)
-
-
-def _remove_leftovers(assets: Assets) -> None:
-    """Remove the temporary files and folders (``.<name>...tmp``) of killed builds (lock held)."""
-    if not assets.root.is_dir():
-        return
-    for folder, dirs, names in os.walk(assets.root):
-        for name in [n for n in dirs + names if n.startswith(".") and n.endswith(".tmp")]:
-            path = os.path.join(folder, name)
-            log.debug("removing %s, left by an interrupted build", path)
-            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-
-
-def _record_unrecorded(assets: Assets, unrecorded: Sequence[str]) -> None:
-    """Record the digests of artefacts written without one (lock held): built before digests
-    were kept, or by a build killed between an artefact's rename and its record."""
-    if not unrecorded:
-        return
-    for name in unrecorded:
-        record_artefact(assets, name)
-    log.info("tinyclip_synth: recorded the digests of %s in %s (built without one); from now on a change to "
-             "their files is caught", describe_artefacts(unrecorded), assets.manifest)
 
 
 def _write_prompts(assets: Assets, recipe: Recipe, todo: Sequence[str]) -> None:
@@ -553,7 +397,7 @@ def ensure(
         assets.check_version()  # a build below checks it itself
         damaged, unrecorded = verify(assets, assets.artefacts(tasks, finetuned))
         if not damaged:
-            _record_if_writable(assets, unrecorded)
+            record_if_writable(assets, unrecorded)
             return assets
     n = next((k for k in (8, 14, 20) if set(tasks) <= set(SUITES[k])), len(TASK_NAMES))
     command = BUILD_COMMAND.format(n=n) + (f" --seed {seed}" if seed else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
@@ -571,15 +415,3 @@ def ensure(
                     assets.root, describe_artefacts(missing), command)
     return build(tasks, cache_dir=cache_dir, seed=seed)
 
-
-def _record_if_writable(assets: Assets, unrecorded: Sequence[str]) -> None:
-    """Record the missing digests of present artefacts; in a folder this process cannot write,
-    say once that they are used unverified."""
-    if not unrecorded:
-        return
-    try:
-        with assets.lock():
-            _record_unrecorded(assets, verify(assets, unrecorded)[1])
-    except OSError as e:
-        log.warning("tinyclip_synth: %s records no digest of %s and cannot be written (%s); they are used "
-                    "unverified", assets.manifest, describe_artefacts(unrecorded), e)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 from ..atomic import atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .build import Assets
+    from .cache import Assets
 
 log = logging.getLogger(__name__)
 
