@@ -28,6 +28,8 @@ log = logging.getLogger("fusion_bench_larv.synth.build")  # one logger for the b
 # the concepts of background, parity and orientation rarely (tasks._P_ATTRIBUTE). A folder
 # written by another version holds other images and weights under the same recipe; it is refused.
 MANIFEST_VERSION = 3
+# cache folders said to be used unverified (read-only, without digests), once per process
+_WARNED_UNVERIFIED: set = set()
 #: artefacts that are files (the others are folders named like the artefact)
 ARTEFACT_FILES = {"prompts": "prompts.json"}
 
@@ -136,8 +138,8 @@ def writable_lock(assets: Assets):
         try:
             yield
         except PermissionError as e:  # the lock file was there to open, the folder is read-only
-            inside = e.filename and os.path.abspath(e.filename).startswith(os.path.abspath(assets.cache_dir))
-            if not inside:
+            cache = os.path.abspath(assets.cache_dir)
+            if not e.filename or os.path.commonpath([cache, os.path.abspath(e.filename)]) != cache:
                 raise
             raise unwritable(e) from e
 
@@ -190,5 +192,7 @@ def record_if_writable(assets: Assets, unrecorded: Sequence[str]) -> None:
         with assets.lock():
             record_unrecorded(assets, verify(assets, unrecorded)[1])
     except OSError as e:
-        log.warning("tinyclip_synth: %s records no digest of %s and cannot be written (%s); they are used "
-                    "unverified", assets.manifest, describe_artefacts(unrecorded), e)
+        if str(assets.root) not in _WARNED_UNVERIFIED:
+            _WARNED_UNVERIFIED.add(str(assets.root))
+            log.warning("tinyclip_synth: %s records no digest of %s and cannot be written (%s); they are used "
+                        "unverified", assets.manifest, describe_artefacts(unrecorded), e)
