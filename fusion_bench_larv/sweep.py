@@ -24,6 +24,11 @@ puts in front of FusionBench's own) adds two things to FusionBench's defaults:
      grid, or of Δ vs the baseline (points, colour map centred at 0: the paper's Figure 4). The
      PNG carries the matrix it shows as JSON in its ``larv_heatmap`` text chunk.
 
+One sweep per sweep folder: the callback holds ``<sweep dir>/.larv_sweep.lock`` (an ``fcntl``
+lock, gone with its process) from the sweep's start to its end, so a second sweep given the same
+``hydra.sweep.dir`` (or started in the same second with the default one) stops before any job
+runs, instead of overwriting the first one's job folders and mixing their rows.
+
 Baseline: ``hydra.callbacks.larv_sweep.baseline=<report>`` names a finished run's
 ``program_report.json`` (or its folder), typically the bare merger, or LARV with
 ``method.gate=identity``, which reproduces the bare merger bit for bit. Hydra's cartesian
@@ -47,6 +52,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_write_bytes
+from .locks import LockBusy, file_lock, try_file_lock
 from .job_reports import REPORT_NAME, accuracies, overrides_to_dict, read_json, read_report
 from .plots import save_figure, tier_figure
 
@@ -59,6 +65,7 @@ log = logging.getLogger("fusion_bench_larv")
 
 RESOLVER = "larv.job_log_dir"
 JOB_RECORD = "sweep_job.json"
+SWEEP_LOCK = ".larv_sweep.lock"
 SUMMARY_CSV, SUMMARY_MD, HEATMAP = "sweep_summary.csv", "sweep_summary.md", "sweep_heatmap"
 #: LARV hyperparameters shown per job (from its larv_layers.json)
 LARV_KEYS = ("gate", "tiers", "tier_assignment", "eta", "rho", "conflict", "source", "apply", "non_block_scale",
@@ -158,8 +165,17 @@ def run_summary_lines(report: Dict[str, Any], record: Dict[str, Any], log_dir: P
 
 # ----------------------------------------------------------------------------- the sweep
 def load_records(sweep_dir: Path) -> List[Dict[str, Any]]:
-    """The job records of a sweep (``<sweep dir>/<subdir>/sweep_job.json``), by job number."""
-    records = [r for r in (read_json(p) for p in Path(sweep_dir).glob(f"*/{JOB_RECORD}")) if isinstance(r, dict)]
+    """The job records of a sweep (``<sweep dir>/<subdir>/sweep_job.json``), by job number. A
+    record that cannot be read (truncated, damaged) is a row with status ``unreadable record``
+    naming the file, not a missing row."""
+    records = []
+    for path in Path(sweep_dir).glob(f"*/{JOB_RECORD}"):
+        record = read_json(path, warn=True)
+        if not isinstance(record, dict):
+            name = path.parent.name
+            record = {"job_num": int(name) if name.isdigit() else None, "status": "unreadable record",
+                      "output_dir": str(path.parent), "error": f"{path} cannot be read as a job record"}
+        records.append(record)
     return sorted(records, key=lambda r: (r.get("job_num") is None, r.get("job_num"), str(r.get("output_dir"))))
 
 
@@ -276,20 +292,6 @@ def markdown_table(rows: Sequence[Dict[str, Any]], swept: Sequence[str], baselin
     return lines
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive ``fcntl`` lock on ``path`` (jobs of a parallel launcher end concurrently)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def write_sweep_summary(sweep_dir: str | os.PathLike, baseline: Optional[str] = None) -> Dict[str, Any]:
     """(Re)write sweep_summary.{csv,md} and, where the grid allows, sweep_heatmap.{png,pdf}.
 
@@ -297,7 +299,7 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, baseline: Optional[str] = 
     """
     sweep_dir = Path(sweep_dir)
     base_acc = accuracies(read_report(baseline)) if baseline else None
-    with _locked(sweep_dir / ".sweep_summary.lock"):
+    with file_lock(sweep_dir / ".sweep_summary.lock"):  # jobs of a parallel launcher end concurrently
         records = load_records(sweep_dir)
         shared: Dict[str, List[Any]] = {}
         for rec in records:
@@ -346,6 +348,10 @@ def save_heatmap(grid, out: Path, delta: bool, baseline: Optional[str]) -> Dict[
 
 
 # ----------------------------------------------------------------------------- the callback
+# sweep folder -> its held lock; kept outside the callback, which launchers pickle
+_SWEEP_LOCKS: Dict[str, contextlib.ExitStack] = {}
+
+
 class LARVSweepCallback(Callback):
     """Hydra callback of this package's primary config (see the module docstring).
 
@@ -364,6 +370,9 @@ class LARVSweepCallback(Callback):
             raise ValueError(
                 f"hydra.callbacks.larv_sweep.baseline={self.baseline!r}: no FusionBench report with accuracies "
                 f"there (expected a {REPORT_NAME} or a folder holding one)")
+        sweep_dir = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+        if sweep_dir is not None:
+            self._claim_sweep_dir(Path(str(sweep_dir)))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         try:
@@ -373,6 +382,28 @@ class LARVSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            self._summarise(sweep_dir)
+        finally:
+            _SWEEP_LOCKS.pop(os.path.abspath(sweep_dir), contextlib.ExitStack()).close()
+
+    def _claim_sweep_dir(self, sweep_dir: Path) -> None:
+        """Hold ``<sweep dir>/.larv_sweep.lock`` until the sweep ends: two sweeps writing one
+        folder would overwrite each other's job folders (``0``, ``1``, ...) and records, and the
+        table would mix them. The second one stops before any job runs."""
+        key = os.path.abspath(sweep_dir)
+        _SWEEP_LOCKS.pop(key, contextlib.ExitStack()).close()
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(try_file_lock(sweep_dir / SWEEP_LOCK))
+        except LockBusy as e:
+            raise RuntimeError(
+                f"another sweep (pid {e.holder or '?'}) is writing {sweep_dir}: this sweep's jobs would overwrite its "
+                f"job folders and records. Give this sweep its own folder (hydra.sweep.dir=...), or wait for that one "
+                f"to end") from None
+        _SWEEP_LOCKS[key] = held
+
+    def _summarise(self, sweep_dir: Path) -> None:
         if not sweep_dir.is_dir():
             return
         result = write_sweep_summary(sweep_dir, self.baseline)

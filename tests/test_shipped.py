@@ -10,7 +10,8 @@ from fusion_bench_larv.synth import build as build_mod
 from fusion_bench_larv.synth import model as model_mod
 from fusion_bench_larv.synth.__main__ import main as synth_main
 from fusion_bench_larv.synth.build import MANIFEST_VERSION, Recipe, build
-from fusion_bench_larv.synth.shipped import SHIPPED_ROOT, ShippedAssets, ship
+from fusion_bench_larv.synth.ship import ship
+from fusion_bench_larv.synth.shipped import SHIPPED_ROOT, ShippedAssets
 from fusion_bench_larv.synth.tasks import SUITES, TASK_NAMES
 
 from conftest import tiny_recipe

@@ -23,6 +23,9 @@ launcher, ``hydra-joblib-launcher`` (loky worker processes) and ``hydra-submitit
    ``program_report.json.stale``, so that a rerun killed half-way never leaves an old report
    next to a new ``job.json``. The report is the completion marker: it is the last file a job
    writes.
+   Two jobs with one report folder (a fixed ``path.log_dir``) never run at once: each holds
+   ``.job.lock`` there (an ``fcntl`` lock, gone with its process), and the second waits, then
+   skips or reruns as if it had started after the first.
 2. **Atomic reports.** The report is written to a temporary file in the same directory and
    moved into place with :func:`os.replace`, so a job killed while writing never leaves a
    truncated report that a rerun would mistake for a finished job.
@@ -61,11 +64,14 @@ from omegaconf import OmegaConf
 from fusion_bench.programs import FabricModelFusionProgram
 
 from ..atomic import atomic_write_json
+from ..locks import file_lock
 
 log = logging.getLogger(__name__)
 
 #: Name of the per-job metadata file written next to the report.
 JOB_METADATA_FILE = "job.json"
+#: Lock file a job holds in its folder while it runs.
+JOB_LOCK_FILE = ".job.lock"
 #: Suffix of a report set aside because its job runs again with another config.
 STALE_SUFFIX = ".stale"
 
@@ -290,7 +296,14 @@ class ResumableFusionProgram(FabricModelFusionProgram):
                 self.report_save_path,
                 self._configured_log_dir(),
             )
-        elif self.skip_existing:
+            return self._run_claimed(None)
+        # one job per folder at a time: a second one waits, then skips or reruns as if it came later
+        folder = Path(report_path).parent
+        with file_lock(folder / JOB_LOCK_FILE, waiting=f"another job is running in {folder}"):
+            return self._run_claimed(report_path)
+
+    def _run_claimed(self, report_path: Optional[str]):
+        if report_path is not None and self.skip_existing:
             finished = read_finished_report(report_path)
             if finished is not None:
                 reason = stale_reason(report_path, self._fingerprint())

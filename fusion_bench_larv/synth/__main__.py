@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "ship":
         from .build import Assets
-        from .shipped import ship, shipped_dir
+        from .ship import ship
+        from .shipped import shipped_dir
 
         status = ship(Assets(args.cache_dir, args.seed), root=args.out)
         for name, what in status.items():

@@ -2,14 +2,19 @@
 
 Layout under ``<cache dir>/tinyclip_synth_seed<seed>/``::
 
-    manifest.json            seed, recipe, per-artefact build times
+    manifest.json            seed, recipe, per-artefact build times and digests
     prompts.json             {task: {"classnames": [...], "templates": [...]}} for the whole suite
     data/<task>/{train,val,test}  datasets.Dataset.save_to_disk, columns image (PIL) / label
     pretrained/              CLIPModel + CLIPProcessor (save_pretrained)
     finetuned/<task>/        CLIPVisionModel (save_pretrained)
 
 Every artefact is written to a temporary sibling and renamed into place when complete, so an
-interrupted build resumes where it stopped, and a present artefact is never rebuilt. The
+interrupted build (even a SIGKILL) resumes where it stopped, and a present artefact is not
+rebuilt unless it is damaged. One build per cache folder runs at a time, under an advisory lock
+(``Assets.lock()``, ``.tinyclip_synth_seed<seed>.lock`` next to the folder): a second process
+waits, with a log line, and then finds the artefacts built. The manifest records every
+artefact's digest (:mod:`.cache`, :mod:`.digests`); ``ensure`` (the pools) and ``build`` verify
+them, once per process, and rebuild a damaged artefact with a warning naming the file. The
 pretrained model is trained on captions of *all* ``recipe.suite`` tasks, whatever subset is
 being built, so the 8-task build is a prefix of the 14- and 20-task builds.
 
@@ -26,9 +31,7 @@ Cache dir: ``$FUSION_BENCH_LARV_CACHE``, else ``$XDG_CACHE_HOME/fusion_bench_lar
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -39,16 +42,16 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir, atomic_write_json
+from .cache import (  # noqa: F401 (Assets, default_cache_dir, describe_artefacts: imported from here too)
+    MANIFEST_VERSION, Assets, default_cache_dir, describe_artefacts, record_if_writable, repair, writable_lock,
+)
+from .digests import record_artefact, verify
 from .model import ModelSize
 from .shipped import ShippedAssets
-from .tasks import SUITES, TASK_NAMES, VAL_FROM_TEST, check_text_layout, generate, prompts, suite_tasks
+from .tasks import SUITES, TASK_NAMES, check_text_layout, generate, prompts, suite_tasks
 
 log = logging.getLogger(__name__)
 
-# The generator's version: 2 gave every task its own image domain (tasks.add_frame), 3 captions
-# the concepts of background, parity and orientation rarely (tasks._P_ATTRIBUTE). A folder
-# written by another version holds other images and weights under the same recipe; it is refused.
-MANIFEST_VERSION = 3
 # Validation images per training image (FusionBench's val splits are 10 % of train); a module
 # constant, not a Recipe field, so that the recorded recipe, and with it the shipped weights,
 # stay those of the builds made before validation splits existed.
@@ -122,80 +125,6 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("FUSION_BENCH_LARV_CACHE"):
-        return Path(os.environ["FUSION_BENCH_LARV_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "fusion_bench_larv"
-
-
-class Assets:
-    """Paths of one asset tree (``<cache>/tinyclip_synth_seed<seed>``)."""
-
-    def __init__(self, cache_dir: Union[str, Path, None] = None, seed: int = 0):
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.seed = int(seed)
-        self.root = self.cache_dir / f"tinyclip_synth_seed{self.seed}"
-
-    manifest = property(lambda self: self.root / "manifest.json")
-    prompts = property(lambda self: self.root / "prompts.json")
-    pretrained = property(lambda self: self.root / "pretrained")
-
-    def data(self, task: str, split: Optional[str] = None) -> Path:
-        path = self.root / "data" / task
-        return path / split if split else path
-
-    def finetuned(self, task: str) -> Path:
-        return self.root / "finetuned" / task
-
-    def missing(self, tasks: Sequence[str], finetuned: bool = True) -> List[str]:
-        """Artefact names (``data/<task>``, ``data/<task>/val``, ``pretrained``,
-        ``finetuned/<task>``) not yet built.
-
-        ``data/<task>/val`` is a validation split missing from a folder written before they
-        existed; for a task of ``tasks.VAL_FROM_TEST`` such a folder holds the former, larger
-        test split, so the whole ``data/<task>`` is named (and redrawn).
-        """
-        out = [] if self.prompts.exists() else ["prompts"]
-        for t in tasks:
-            if not self.data(t).exists() or (t in VAL_FROM_TEST and not self.data(t, "val").exists()):
-                out.append(f"data/{t}")
-            elif not self.data(t, "val").exists():
-                out.append(f"data/{t}/val")
-        out += [] if self.pretrained.exists() else ["pretrained"]
-        if finetuned:
-            out += [f"finetuned/{t}" for t in tasks if not self.finetuned(t).exists()]
-        return out
-
-    def read_manifest(self) -> Optional[dict]:
-        return json.loads(self.manifest.read_text()) if self.manifest.exists() else None
-
-    def check_version(self) -> None:
-        """Raise if the folder was written by another version of the generator."""
-        manifest = self.read_manifest()
-        found = manifest.get("version") if manifest else MANIFEST_VERSION
-        if found != MANIFEST_VERSION:
-            raise ValueError(
-                f"{self.root} was built by version {found} of the tinyclip_synth generator, this is "
-                f"version {MANIFEST_VERSION} (other images and weights); delete that folder or use another --cache-dir"
-            )
-
-    def recipe(self) -> Optional[Recipe]:
-        manifest = self.read_manifest()
-        return Recipe(**manifest["recipe"]) if manifest else None
-
-
-def describe_artefacts(artefacts: Sequence[str]) -> str:
-    """``["prompts", "data/a", "data/b", "finetuned/a"]`` → ``"prompts; data (2): a, b; finetuned (1): a"``."""
-    groups: Dict[str, List[str]] = {}
-    for artefact in artefacts:
-        kind, _, task = artefact.partition("/")
-        groups.setdefault(kind, [])
-        if task:
-            groups[kind].append(task)
-    return "; ".join(f"{kind} ({len(names)}): {', '.join(names)}" if names else kind for kind, names in groups.items())
 
 
 def _torch_seed(recipe: Recipe, what: str) -> int:
@@ -280,12 +209,16 @@ def _shipped_source(shipped, seed: int, recipe: Recipe) -> Optional[ShippedAsset
     return source if source is not None and source.matches(MANIFEST_VERSION, recipe.to_dict()) else None
 
 
-def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
-    from transformers import CLIPModel, CLIPProcessor
+def _recorded_recipe(assets: Assets) -> Optional[Recipe]:
+    manifest = assets.read_manifest()
+    return Recipe(**manifest["recipe"]) if manifest else None
 
-    assets = Assets(cache_dir, recipe.seed if recipe else seed)
+
+def _checked_recipe(assets: Assets, recipe: Optional[Recipe], tasks: Sequence[str]):
+    """(recipe, tasks): the requested recipe, else the recorded one, else ``Recipe(seed)``;
+    raise if the folder is another generator version's or another recipe's."""
     assets.check_version()
-    recorded = assets.recipe()
+    recorded = _recorded_recipe(assets)
     if recipe is None:
         recipe = recorded or Recipe(seed=assets.seed)
     elif recorded is not None and recorded.to_dict() != recipe.to_dict():
@@ -294,50 +227,53 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
             f"{assets.root} was built with another recipe (recorded, requested): {diff}; "
             f"use another --cache-dir or delete that folder"
         )
-    tasks = check_tasks(tasks, recipe)
-    todo = assets.missing(tasks)
-    manifest = assets.read_manifest() or {
-        "version": MANIFEST_VERSION,
-        "seed": recipe.seed,
-        "recipe": recipe.to_dict(),
-        "timings_s": {},
-    }
-    if not todo:
-        log.info("tinyclip_synth assets complete in %s", assets.root)
-        return assets
-    source = _shipped_source(shipped, assets.seed, recipe)
-    if any(a.startswith("data/") for a in todo) or ("pretrained" in todo and source is None):
+    return recipe, check_tasks(tasks, recipe)
+
+
+def new_manifest(recipe: Recipe) -> dict:
+    """The manifest of a folder where nothing is built yet (a build of ``recipe`` fills it)."""
+    return {"version": MANIFEST_VERSION, "seed": recipe.seed, "recipe": recipe.to_dict(), "timings_s": {}, "digests": {}}
+
+
+def _draws(todo: Sequence[str], source: Optional[ShippedAssets]) -> bool:
+    """Whether building ``todo`` draws images (datasets, or pretraining captions)."""
+    return any(a.startswith("data/") for a in todo) or ("pretrained" in todo and source is None)
+
+
+def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
+    assets = Assets(cache_dir, recipe.seed if recipe else seed)
+    resolved, checked = _checked_recipe(assets, recipe, tasks)
+    if _draws(assets.missing(checked), _shipped_source(shipped, assets.seed, resolved)):
         check_text_layout()  # images are drawn: refuse before anything is written
-    assets.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(assets.manifest, manifest, indent=2)
-    log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, describe_artefacts(todo))
-    suite = list(suite_tasks(recipe.suite))
-    timings: Dict[str, float] = manifest["timings_s"]
+    with writable_lock(assets):
+        recipe, tasks = _checked_recipe(assets, recipe, tasks)  # another build may have run meanwhile
+        source = _shipped_source(shipped, assets.seed, recipe)
+        repair(assets, assets.artefacts(tasks))
+        todo = assets.missing(tasks)
+        if not todo:
+            log.info("tinyclip_synth assets complete in %s", assets.root)
+            return assets
+        if _draws(todo, source):
+            check_text_layout()
+        if assets.read_manifest() is None:
+            atomic_write_json(assets.manifest, new_manifest(recipe), indent=2)
+        log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, describe_artefacts(todo))
+        _write_prompts(assets, recipe, todo)
+        _generate_datasets(assets, recipe, tasks, todo)
+        copied = _pretrained(assets, recipe, todo, source)
+        _finetuned(assets, recipe, tasks, todo, source, copied)
+    return assets
 
-    copied: List[str] = []
 
-    def copy_shipped(artefact: str, dest: Path) -> bool:
-        if source is None or artefact not in source.artefacts:
-            return False
-        start = time.perf_counter()
-        source.install(artefact, dest)
-        manifest["shipped"] = sorted(set(manifest.get("shipped", [])) | {artefact})
-        copied.append(artefact)
-        done(artefact, start, level=logging.DEBUG)
-        return True
-
-    def done(name: str, start: float, level: int = logging.INFO) -> None:
-        # per-artefact lines go to DEBUG where a stage's own line or progress bar covers them
-        timings[name] = round(time.perf_counter() - start, 1)
-        atomic_write_json(assets.manifest, manifest, indent=2)
-        log.log(level, "built %s in %.1f s", name, timings[name])
-
+def _write_prompts(assets: Assets, recipe: Recipe, todo: Sequence[str]) -> None:
     if "prompts" in todo:
         start = time.perf_counter()
-        table = {t: dict(zip(("classnames", "templates"), prompts(t))) for t in suite}
+        table = {t: dict(zip(("classnames", "templates"), prompts(t))) for t in suite_tasks(recipe.suite)}
         atomic_write_json(assets.prompts, table, indent=2)
-        done("prompts", start, level=logging.DEBUG)
+        record_artefact(assets, "prompts", time.perf_counter() - start)
 
+
+def _generate_datasets(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo: Sequence[str]) -> None:
     from tqdm.auto import tqdm
 
     todo_data = [a for a in todo if a.startswith("data/")]
@@ -352,88 +288,117 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
             for split in [only] if only else sizes:
                 images, labels = generate(task, split, sizes[split], recipe.seed)
                 _save_dataset(images, labels, classnames, tmp if only else tmp / split)
-        done(artefact, start, level=logging.DEBUG)
+        # a split added to an older folder: the folder's digest is recorded again, with it
+        record_artefact(assets, f"data/{task}", time.perf_counter() - start)
     if todo_data:
         log.info("generated %d dataset(s) in %.1f s", len(todo_data), time.perf_counter() - loop_start)
 
-    if "pretrained" in todo and copy_shipped("pretrained", assets.pretrained):
-        manifest["pretrain_loss"] = source.index.get("pretrain_loss")
-        atomic_write_json(assets.manifest, manifest, indent=2)
-    elif "pretrained" in todo:
-        start = time.perf_counter()
-        from . import model as M
 
-        images, captions, groups, labels = [], [], [], []
-        for i, task in enumerate(tqdm(suite, desc="pretraining data", leave=False)):
-            x, y, c = generate(task, "pretrain", recipe.pretrain_per_task, recipe.seed, with_captions=True)
-            images.append(x)
-            captions += c
-            groups += [i] * len(x)
-            labels.append(y)
-        with atomic_dir(assets.pretrained) as tmp:
-            prompt_texts = [t.format(c) for task in suite for c, t in _pairs(*prompts(task))]
-            processor = M.build_processor(tmp, recipe.model, corpus=captions + prompt_texts)
-            torch.manual_seed(_torch_seed(recipe, "pretrained"))
-            clip = M.build_clip(recipe.model, processor.tokenizer)
-            losses = M.pretrain(
-                clip,
-                processor,
-                np.concatenate(images),
-                captions,
-                steps=recipe.pretrain_steps,
-                batch_size=recipe.pretrain_batch,
-                lr=recipe.pretrain_lr,
-                weight_decay=recipe.weight_decay,
-                seed=_torch_seed(recipe, "pretrain-batches"),
-                groups=np.asarray(groups) if recipe.pretrain_tasks_per_batch > 0 else None,
-                groups_per_batch=recipe.pretrain_tasks_per_batch,
-                task_ids=np.asarray(groups),
-                labels=np.concatenate(labels),
-                num_classes=[len(prompts(task)[0]) for task in suite],
-                label_weight=recipe.pretrain_label_weight,
-            )
-            clip.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-        manifest["pretrain_loss"] = {"first": losses[0], "last10_mean": float(np.mean(losses[-10:]))}
-        done("pretrained", start)
+def _copy_shipped(assets: Assets, source: Optional[ShippedAssets], artefact: str, **fields) -> bool:
+    """Copy ``artefact`` from the shipped weights, if they hold it; record it as shipped."""
+    if source is None or artefact not in source.artefacts:
+        return False
+    start = time.perf_counter()
+    source.install(artefact, assets.path(artefact))
+    shipped = sorted(set(assets.read_manifest().get("shipped", [])) | {artefact})
+    record_artefact(assets, artefact, time.perf_counter() - start, shipped=shipped, **fields)
+    return True
+
+
+def _pretrained(assets: Assets, recipe: Recipe, todo: Sequence[str], source: Optional[ShippedAssets]) -> List[str]:
+    """Copy or pretrain the CLIP; return the artefacts copied from the shipped weights."""
+    if "pretrained" not in todo:
+        return []
+    if _copy_shipped(assets, source, "pretrained", pretrain_loss=source and source.index.get("pretrain_loss")):
+        return ["pretrained"]
+    from tqdm.auto import tqdm
+
+    from . import model as M
+
+    start = time.perf_counter()
+    suite = list(suite_tasks(recipe.suite))
+    images, captions, groups, labels = [], [], [], []
+    for i, task in enumerate(tqdm(suite, desc="pretraining data", leave=False)):
+        x, y, c = generate(task, "pretrain", recipe.pretrain_per_task, recipe.seed, with_captions=True)
+        images.append(x)
+        captions += c
+        groups += [i] * len(x)
+        labels.append(y)
+    with atomic_dir(assets.pretrained) as tmp:
+        prompt_texts = [t.format(c) for task in suite for c, t in _pairs(*prompts(task))]
+        processor = M.build_processor(tmp, recipe.model, corpus=captions + prompt_texts)
+        torch.manual_seed(_torch_seed(recipe, "pretrained"))
+        clip = M.build_clip(recipe.model, processor.tokenizer)
+        losses = M.pretrain(
+            clip,
+            processor,
+            np.concatenate(images),
+            captions,
+            steps=recipe.pretrain_steps,
+            batch_size=recipe.pretrain_batch,
+            lr=recipe.pretrain_lr,
+            weight_decay=recipe.weight_decay,
+            seed=_torch_seed(recipe, "pretrain-batches"),
+            groups=np.asarray(groups) if recipe.pretrain_tasks_per_batch > 0 else None,
+            groups_per_batch=recipe.pretrain_tasks_per_batch,
+            task_ids=np.asarray(groups),
+            labels=np.concatenate(labels),
+            num_classes=[len(prompts(task)[0]) for task in suite],
+            label_weight=recipe.pretrain_label_weight,
+        )
+        clip.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    loss = {"first": losses[0], "last10_mean": float(np.mean(losses[-10:]))}
+    seconds = time.perf_counter() - start
+    record_artefact(assets, "pretrained", seconds, pretrain_loss=loss)
+    log.info("built pretrained in %.1f s", seconds)
+    return []
+
+
+def _finetuned(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo: Sequence[str],
+               source: Optional[ShippedAssets], copied: List[str]) -> None:
+    """Copy the shipped towers where the cache holds the shipped pretrained model; fine-tune the rest."""
+    from transformers import CLIPModel, CLIPProcessor
+    from tqdm.auto import tqdm
 
     todo_ft = [t for t in tasks if f"finetuned/{t}" in todo]
     if source is not None and source.holds_pretrained_of(assets.pretrained):
-        todo_ft = [t for t in todo_ft if not copy_shipped(f"finetuned/{t}", assets.finetuned(t))]
+        copied += [f"finetuned/{t}" for t in todo_ft if _copy_shipped(assets, source, f"finetuned/{t}")]
+        todo_ft = [t for t in todo_ft if f"finetuned/{t}" not in copied]
     if copied:
         log.info(
             "copied %s from the weights shipped in the package, digests checked "
             "(python -m fusion_bench_larv.synth build --from-scratch trains them instead)",
             describe_artefacts(copied),
         )
-    if todo_ft:
-        loop_start = time.perf_counter()
-        from . import model as M
+    if not todo_ft:
+        return
+    loop_start = time.perf_counter()
+    from . import model as M
 
-        clip = CLIPModel.from_pretrained(str(assets.pretrained)).eval()
-        processor = CLIPProcessor.from_pretrained(str(assets.pretrained), use_fast=False)
-        for task in tqdm(todo_ft, desc="fine-tune towers"):
-            start = time.perf_counter()
-            images, labels = _load_split(assets, task, "train")
-            head = M.zeroshot_head(clip, processor, *prompts(task))
-            tower = M.finetune(
-                clip,
-                head,
-                images,
-                labels,
-                steps=recipe.finetune_steps,
-                batch_size=recipe.finetune_batch,
-                lr=recipe.finetune_lr,
-                weight_decay=recipe.weight_decay,
-                seed=_torch_seed(recipe, f"finetune/{task}"),
-                logit_scale=recipe.finetune_logit_scale,
-                desc=f"fine-tune {task}",
-            )
-            with atomic_dir(assets.finetuned(task)) as tmp:
-                tower.save_pretrained(tmp)
-            done(f"finetuned/{task}", start, level=logging.DEBUG)
-        log.info("fine-tuned %d tower(s) in %.1f s", len(todo_ft), time.perf_counter() - loop_start)
-    return assets
+    clip = CLIPModel.from_pretrained(str(assets.pretrained)).eval()
+    processor = CLIPProcessor.from_pretrained(str(assets.pretrained), use_fast=False)
+    for task in tqdm(todo_ft, desc="fine-tune towers"):
+        start = time.perf_counter()
+        images, labels = _load_split(assets, task, "train")
+        head = M.zeroshot_head(clip, processor, *prompts(task))
+        tower = M.finetune(
+            clip,
+            head,
+            images,
+            labels,
+            steps=recipe.finetune_steps,
+            batch_size=recipe.finetune_batch,
+            lr=recipe.finetune_lr,
+            weight_decay=recipe.weight_decay,
+            seed=_torch_seed(recipe, f"finetune/{task}"),
+            logit_scale=recipe.finetune_logit_scale,
+            desc=f"fine-tune {task}",
+        )
+        with atomic_dir(assets.finetuned(task)) as tmp:
+            tower.save_pretrained(tmp)
+        record_artefact(assets, f"finetuned/{task}", time.perf_counter() - start)
+    log.info("fine-tuned %d tower(s) in %.1f s", len(todo_ft), time.perf_counter() - loop_start)
 
 
 def ensure(
@@ -443,17 +408,31 @@ def ensure(
     build_if_missing: bool = True,
     finetuned: bool = True,
 ) -> Assets:
-    """Return the ``Assets`` for ``tasks``, building what is missing (or raising a clear error)."""
+    """Return the ``Assets`` for ``tasks`` once every artefact they need is present and matches
+    its recorded digest (checked once per process); build what is missing or damaged first, or,
+    with ``build_if_missing=False``, raise a clear error naming the build command."""
     assets = Assets(cache_dir, seed)
     missing = assets.missing(tasks, finetuned=finetuned)
+    damaged: Dict[str, str] = {}
     if not missing:
         assets.check_version()  # a build below checks it itself
-        return assets
+        damaged, unrecorded = verify(assets, assets.artefacts(tasks, finetuned))
+        if not damaged:
+            record_if_writable(assets, unrecorded)
+            return assets
     n = next((k for k in (8, 14, 20) if set(tasks) <= set(SUITES[k])), len(TASK_NAMES))
     command = BUILD_COMMAND.format(n=n) + (f" --seed {seed}" if seed else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
-    if not build_if_missing:
+    if not build_if_missing and missing:
         raise FileNotFoundError(
             f"tinyclip_synth assets missing in {assets.root}: {', '.join(missing)}. Build them with: {command}"
         )
-    log.warning("tinyclip_synth assets missing in %s; building them now (same as `%s`)", assets.root, command)
+    if not build_if_missing:
+        raise ValueError(
+            f"tinyclip_synth assets damaged in {assets.root}: {'; '.join(damaged.values())}. "
+            f"Rebuild them with: {command} (it rebuilds the damaged artefacts only)"
+        )
+    if missing:  # the build logs what it builds, or that it waits for another process's build
+        log.warning("tinyclip_synth assets missing in %s: %s (the same build as `%s`)",
+                    assets.root, describe_artefacts(missing), command)
     return build(tasks, cache_dir=cache_dir, seed=seed)
+

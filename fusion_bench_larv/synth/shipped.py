@@ -9,7 +9,7 @@ of every file. ``build`` copies them into the cache when its seed, recipe and ge
 are the recorded ones (after checking every digest), and trains everything else itself; the
 datasets are never shipped, they are generated.
 
-Rebuild them from the seed with (``ship`` writes into this folder of the package)::
+Rebuild them from the seed with (:func:`.ship.ship` writes into this folder of the package)::
 
     python -m fusion_bench_larv.synth build --tasks 8 --from-scratch --cache-dir <dir>
     python -m fusion_bench_larv.synth ship --cache-dir <dir>
@@ -21,15 +21,13 @@ files changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
-from ..atomic import atomic_dir, atomic_write_json
+from ..atomic import atomic_dir
+from .digests import sha256_file
 from .tasks import SUITES
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
@@ -40,14 +38,6 @@ REBUILD_COMMAND = (
     "python -m fusion_bench_larv.synth ship --cache-dir <dir>"
 )
 INDEX = "index.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shipped_dir(root: Union[str, Path, None] = None, seed: int = SHIPPED_SEED) -> Path:
@@ -83,7 +73,7 @@ class ShippedAssets:
         shipped with it were fine-tuned from it, and from nothing else."""
         record = self.index["files"].get("pretrained/model.safetensors")
         weights = Path(pretrained) / "model.safetensors"
-        return record is not None and weights.is_file() and _sha256(weights) == record["sha256"]
+        return record is not None and weights.is_file() and sha256_file(weights) == record["sha256"]
 
     def verify(self, artefact: Optional[str] = None) -> None:
         """Raise ``ValueError`` naming the first file that is missing or whose SHA-256 is not the
@@ -94,7 +84,7 @@ class ShippedAssets:
             path = self.folder / name
             if not path.is_file():
                 raise ValueError(f"shipped tinyclip_synth file missing: {path}; reinstall the package or rebuild with: {REBUILD_COMMAND}")
-            found = _sha256(path)
+            found = sha256_file(path)
             if found != record["sha256"]:
                 raise ValueError(
                     f"shipped tinyclip_synth file {path} has SHA-256 {found}, the index records "
@@ -113,51 +103,3 @@ class ShippedAssets:
             for name in self.index["files"]:
                 if name.startswith(artefact + "/"):
                     shutil.copyfile(self.folder / name, tmp / name[len(artefact) + 1 :])
-
-
-def ship(assets, tasks=SHIPPED_TASKS, root: Union[str, Path, None] = None) -> Dict[str, str]:
-    """Write ``assets``' pretrained model and the towers of ``tasks`` as the shipped folder
-    (replacing the one there) and return ``{file: "same" | "changed" | "new"}`` against the
-    digests recorded before."""
-    import torch
-
-    from .build import MANIFEST_VERSION
-
-    manifest = assets.read_manifest()
-    if manifest is None or manifest.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{assets.root} is not a build of generator version {MANIFEST_VERSION}")
-    missing = [name for name in assets.missing(tasks) if name == "pretrained" or name.startswith("finetuned/")]
-    if missing:
-        raise ValueError(f"{assets.root} lacks {', '.join(missing)}; build it first")
-    previous = ShippedAssets.find(root, assets.seed)
-    before = previous.index["files"] if previous else {}
-    folder = shipped_dir(root, assets.seed)
-    sources = {"pretrained": assets.pretrained, **{f"finetuned/{t}": assets.finetuned(t) for t in tasks}}
-    files, status = {}, {}
-    with atomic_dir(folder) as tmp:
-        for artefact, src in sources.items():
-            for path in sorted(p for p in src.iterdir() if p.is_file()):
-                name = f"{artefact}/{path.name}"
-                (tmp / artefact).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, tmp / name)
-                files[name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
-                old = before.get(name, {}).get("sha256")
-                status[name] = "new" if old is None else ("same" if old == files[name]["sha256"] else "changed")
-        index = {
-            "version": MANIFEST_VERSION,
-            "seed": assets.seed,
-            "recipe": manifest["recipe"],
-            "tasks": list(tasks),
-            "rebuild": REBUILD_COMMAND,
-            "built_with": {"torch": torch.__version__, "machine": platform.machine()},
-            "pretrain_loss": manifest.get("pretrain_loss"),
-            "timings_s": {k: v for k, v in manifest["timings_s"].items() if k in sources},
-            "files": files,
-        }
-        atomic_write_json(tmp / INDEX, index, indent=2)
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-    shutil.rmtree(old, ignore_errors=True)
-    return status
