@@ -124,7 +124,7 @@ def test_a_complete_verified_cache_is_used_without_writing(clean, monkeypatch):
 def test_every_artefact_has_a_digest_of_every_file(clean):
     records = clean.read_manifest()["digests"]
     assert sorted(records) == sorted(clean.artefacts(TASKS))
-    assert set(records["data/shapes"]["files"]) == {f"{split}/{f}" for split in ("train", "test")
+    assert set(records["data/shapes"]["files"]) == {f"{split}/{f}" for split in ("train", "val", "test")
                                                     for f in ("data-00000-of-00001.arrow", "dataset_info.json", "state.json")}
     assert {"model.safetensors", "config.json", "tokenizer_config.json", "vocab.json"} <= set(records["pretrained"]["files"])
     assert set(records["prompts"]["files"]) == {"prompts.json"}
@@ -197,7 +197,7 @@ def test_a_full_disk_during_a_build_is_an_error_and_the_rerun_completes(clean, t
 
     def full_disk(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # the second dataset: the first one is in place
+        if len(calls) == 5:  # mid-way through the second dataset (3 splits each): the first one is in place
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(*args, **kwargs)
 
