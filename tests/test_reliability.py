@@ -229,7 +229,7 @@ def dying(real, at):
         return real(*args, **kwargs)
     return wrapper
 
-if stage == "datasets":      # inside the second task's dataset folder, after its train split
+if stage == "datasets":      # the second task's dataset, before its first split is written
     B._save_dataset = dying(B._save_dataset, 4)
 elif stage == "pretraining":  # the tokenizer is written into the temporary folder, the model not yet
     M.pretrain = dying(M.pretrain, 1)
