@@ -18,6 +18,7 @@ from fusion_bench.modelpool import CLIPVisionModelPool
 
 from ..taskpool import CLIPClassificationTaskPool
 from .build import Assets, ensure
+from .corrupted import ensure_corrupted, normalize
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,11 @@ def _task_list(tasks) -> list:
 
 
 def _dataset_config(assets: Assets, task: str, split: str) -> DictConfig:
-    return DictConfig({"_target_": "datasets.load_from_disk", "dataset_path": str(assets.data(task, split))})
+    return _load_from_disk(assets.data(task, split))
+
+
+def _load_from_disk(path) -> DictConfig:
+    return DictConfig({"_target_": "datasets.load_from_disk", "dataset_path": str(path)})
 
 
 class SynthCLIPVisionModelPool(CLIPVisionModelPool):
@@ -87,7 +92,10 @@ class SynthCLIPTaskPool(CLIPClassificationTaskPool):
 
     The zero-shot heads use the pretrained synthetic CLIP's text tower. Args as for
     :class:`SynthCLIPVisionModelPool` (``tasks``, ``cache_dir``, ``seed``,
-    ``build_if_missing``); ``dataloader_kwargs`` and the rest go to the parent class.
+    ``build_if_missing``), plus ``corruption``: ``null`` or ``"clean"`` evaluates the test
+    splits, a corruption name (``synth.corruptions.CORRUPTIONS``) their corrupted copies
+    (:mod:`fusion_bench_larv.synth.corrupted`: generated on first use, checked on every use);
+    ``dataloader_kwargs`` and the rest go to the parent class.
     """
 
     def __init__(
@@ -97,16 +105,21 @@ class SynthCLIPTaskPool(CLIPClassificationTaskPool):
         cache_dir: Optional[str] = None,
         seed: int = 0,
         build_if_missing: bool = True,
+        corruption: Optional[str] = None,
         **kwargs,
     ):
         tasks = _task_list(tasks)
         assets = ensure(tasks, cache_dir=cache_dir, seed=seed, build_if_missing=build_if_missing, finetuned=False)
+        if normalize(corruption) is None:
+            test_datasets = {t: _dataset_config(assets, t, "test") for t in tasks}
+        else:
+            test_datasets = {t: _load_from_disk(p) for t, p in ensure_corrupted(assets, tasks, corruption).items()}
         table = json.loads(assets.prompts.read_text())
         for key in ("test_datasets", "clip_model", "processor", "classnames", "templates"):
             if kwargs.pop(key, None) is not None:
                 log.warning("SynthCLIPTaskPool sets `%s` itself; the configured value is ignored", key)
         super().__init__(
-            DictConfig({t: _dataset_config(assets, t, "test") for t in tasks}),
+            DictConfig(test_datasets),
             classnames={t: table[t]["classnames"] for t in tasks},
             templates={t: table[t]["templates"] for t in tasks},
             clip_model=str(assets.pretrained),
@@ -114,3 +127,4 @@ class SynthCLIPTaskPool(CLIPClassificationTaskPool):
             **kwargs,
         )
         self.tasks, self.cache_dir, self.seed, self.build_if_missing = tasks, cache_dir, seed, build_if_missing
+        self.corruption = corruption
