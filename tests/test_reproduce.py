@@ -289,6 +289,9 @@ def _compose(overrides):
     ["gates", "--launcher", "slurm"],
     ["diagnostics", "--suite", "tinyclip"],
     ["individual", "--suite", "tinyclip", "--tasks", "8"],
+    ["robustness", "--suite", "tinyclip", "--references", "--mergers", "task_arithmetic", "--corruptions", "clean",
+     "contrast"],
+    ["generalization", "--suite", "tinyclip", "--mergers", "iso_c"],
 ], ids=lambda a: "-".join(x.strip("-") for x in a[:3]))
 def test_every_sweep_composes_like_hydra_multirun(capsys, argv):
     """Compose each printed command the way Hydra's multirun does: the master config (groups at
