@@ -230,6 +230,7 @@ def test_robustness_table_and_figures(robustness_tree, tmp_path):
     matplotlib.use("Agg")
     result = tables.make_tables(robustness_tree, tmp_path / "out")
     assert {"fig_corruption", "fig_corruption_delta"} <= set(result["figures"])
+    assert "fig_diagnostics" not in result["figures"]  # Figure 2 is the CLIP task settings' merges only
     rob = section(tmp_path / "out", "Corruption robustness, TinyCLIP")
     assert "| Method | Clean | Motion | Contrast | Avg. |" in rob
     assert "| Pretrained (zero-shot) | 30.0 | 30.0 | 30.0 | 30.0 |" in rob

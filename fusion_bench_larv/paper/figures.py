@@ -10,14 +10,16 @@ from collections import OrderedDict
 from typing import Any, Dict, Sequence
 
 from ..plots import heatmap, layer_figure, pyplot
-from .collect import (BACKBONE_ORDER, CORRUPTION_LABELS, Index, individual_average, match, merger_label,
-                      mergers_present, setting_order, variant_crit)
+from .collect import (BACKBONE_ORDER, CORRUPTION_LABELS, Index, describe_modelpool, individual_average, match,
+                      merger_label, mergers_present, setting_order, variant_crit)
 from .experiments import CLEAN, CORRUPTIONS, MERGERS
 
 
 def diagnostics_figure(blocks: Sequence[Dict[str, Any]]):
-    """Figure 2: one row per backbone, columns e, c, s; one line per merger (default LARV runs)."""
-    sel = [b for b in blocks if b["method_overrides"] in ("", None)]
+    """Figure 2: one row per backbone, columns e, c, s; one line per merger (default LARV runs of
+    the CLIP task settings; the robustness and generalization pools' merges are left out)."""
+    sel = [b for b in blocks if b["method_overrides"] in ("", None)
+           and describe_modelpool(b["modelpool"])["kind"] == "clip"]
     if not sel:
         return None
     backbones = [bb for bb in BACKBONE_ORDER if any(b["backbone"] == bb for b in sel)]
