@@ -95,8 +95,12 @@ def corruption_figure(rows: Sequence[Dict[str, Any]], backbone=None):
     splits = [c for c in (CLEAN, *CORRUPTIONS) if any(r["corruption"] == c for r in merges)]
     corrs = [c for c in splits if c != CLEAN]
     mergers = mergers_present(merges)
-    fig, axes = plt.subplots(1, len(mergers), figsize=(4.5 * len(mergers), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], mergers):
+    cols = min(3, len(mergers))
+    fig, axes = plt.subplots(-(-len(mergers) // cols), cols, figsize=(4.8 * cols, 3.4 * -(-len(mergers) // cols)),
+                             squeeze=False)
+    for ax in list(axes.flat)[len(mergers):]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, mergers):
         series = OrderedDict()
         for larv, name in ((False, "bare"), (True, "+ LARV")):
             vals = [_split_value(merges, variant_crit(m, larv), c) for c in splits]
@@ -107,6 +111,9 @@ def corruption_figure(rows: Sequence[Dict[str, Any]], backbone=None):
         width = 0.38
         for k, (name, vals) in enumerate(series.items()):
             ax.bar(x + (k - 0.5) * width, vals, width, label=name)
+        drawn = [v for vals in series.values() for v in vals if np.isfinite(v)]
+        if drawn:  # bars start near the lowest value, so that points of difference show
+            ax.set_ylim(max(0.0, 10 * np.floor(min(drawn) / 10) - 5), min(100.0, max(drawn) + 4))
         ax.set_xticks(x, [CORRUPTION_LABELS[c] for c in splits] + ["Avg."], rotation=45, ha="right")
         if CLEAN in splits and corrs:
             ax.axvline(0.5, color="grey", lw=0.8, ls=":")
@@ -138,11 +145,15 @@ def corruption_delta_figure(rows: Sequence[Dict[str, Any]], backbone=None):
         grids.append(np.column_stack([delta, delta.mean(axis=1)]))
     cols = min(3, len(mergers))
     rows_n = -(-len(mergers) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 0.45 * (len(tasks) + 1) * rows_n + 1.6 * rows_n),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(cols * (0.45 * (len(corrs) + 1) + 1.3) + 1.0,
+                                                    (0.42 * (len(tasks) + 1) + 1.3) * rows_n),
+                             squeeze=False, constrained_layout=True)
     bound = max([float(np.nanmax(np.abs(g))) for g in grids if np.isfinite(g).any()] + [1e-6])
     for ax, m, grid in zip(axes.flat, mergers, grids):
         im = heatmap(ax, grid, [CORRUPTION_LABELS[c] for c in corrs] + ["Avg."], tasks + ["Avg."], bound, cmap="RdBu")
+        ax.axhline(len(tasks) - 0.5, color="black", lw=0.8)  # the averages apart from the cells
+        ax.axvline(len(corrs) - 0.5, color="black", lw=0.8)
+        ax.tick_params(axis="x", labelrotation=45)
         ax.set_title(merger_label(m), fontsize=9)
     for ax in list(axes.flat)[len(mergers):]:
         ax.axis("off")
