@@ -23,6 +23,7 @@ import pytest
 
 from conftest import compose_config
 from fusion_bench_larv.paper import collect, reproduce, tables
+from fusion_bench_larv.paper.experiments import CLEAN
 from fusion_bench_larv.paper.experiments import CORRUPTIONS as PAPER_CORRUPTIONS
 from fusion_bench_larv.synth import corrupted, corruptions
 from fusion_bench_larv.synth.tasks import SUITES, generate
@@ -46,6 +47,7 @@ def images():
 def test_the_seven_types_are_fusionbenchs():
     assert set(corruptions.CORRUPTIONS) == set(PAPER_CORRUPTIONS) == set(corruptions.SEVERITY)
     assert len(corruptions.CORRUPTIONS) == 7
+    assert CLEAN == corrupted.CLEAN  # the lab names the clean split without importing the generator
 
 
 @pytest.mark.parametrize("name", corruptions.CORRUPTIONS)
