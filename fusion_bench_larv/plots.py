@@ -5,7 +5,8 @@
   draws one run with it, the paper lab's ``fig_diagnostics`` one row per backbone and one line per
   merger.
 * :func:`tier_figure`: a heatmap of a value over a 2-D grid (the paper's Figure 4: Δ accuracy over
-  middle × deep tier values, colour map centred at 0), used by the sweep callback and the lab.
+  middle × deep tier values, colour map centred at 0), used by the sweep callback and the lab;
+  :func:`heatmap` draws one such grid on an axis (also the lab's Figure 5).
 * :func:`save_figure`: PNG and PDF, each written atomically.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .atomic import atomic_write_bytes
 
-__all__ = ["PANELS", "MISSING", "layer_figure", "tier_figure", "save_figure", "pyplot"]
+__all__ = ["PANELS", "MISSING", "layer_figure", "heatmap", "tier_figure", "save_figure", "pyplot"]
 
 MISSING = "—"
 #: per-block quantity -> its axis label
@@ -85,6 +86,39 @@ def tier_label(x: float) -> str:
     return f"{x:.1f}" if round(x, 1) == x else f"{x:g}"
 
 
+def heatmap(ax, data, xlabels: Sequence[str], ylabels: Sequence[str], bound: Optional[float] = None, *,
+            cmap: Optional[str] = None, origin: str = "upper"):
+    """Draw ``data`` (rows × columns; NaN shown as "—") on ``ax`` with every value written in its cell.
+
+    ``bound``: a colour map centred at 0 on ``[-bound, bound]`` (``TwoSlopeNorm``, default
+    ``RdBu_r``: red = positive), values as ``+1.2``; ``None``: a sequential colour map (default
+    ``viridis``) over the finite values, as ``1.2``. Returns the image (for a colour bar).
+    """
+    import numpy as np
+    from matplotlib.colors import Normalize, TwoSlopeNorm
+
+    data = np.asarray(data, dtype=float)
+    finite = data[np.isfinite(data)]
+    if bound is not None:
+        bound = max(float(bound), 1e-6)
+        cmap, norm, fmt = cmap or "RdBu_r", TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound), "{:+.1f}"
+    else:
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        cmap, norm, fmt = cmap or "viridis", Normalize(vmin=low, vmax=high if high > low else low + 1e-6), "{:.1f}"
+    im = ax.imshow(data, cmap=cmap, norm=norm, origin=origin)
+    ax.set_xticks(range(len(xlabels)), list(xlabels))
+    ax.set_yticks(range(len(ylabels)), list(ylabels))
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            value = data[i, j]
+            # white on the dark ends of the colour map (both ends of a diverging map, the low end of viridis)
+            shade = float(norm(value)) if np.isfinite(value) else 0.5
+            dark = shade > 0.8 or shade < 0.2 if bound is not None else shade < 0.35
+            ax.text(j, i, MISSING if not np.isfinite(value) else fmt.format(value), ha="center",
+                    va="center", fontsize=7, color="white" if dark else "black")
+    return im
+
+
 def tier_figure(mids, deeps, matrix, title: str, *, ylabel: str = "middle tier scale",
                 xlabel: str = "deep tier scale", value_label: str = "Δ accuracy (points)", centered: bool = True):
     """Figure 4: a heatmap of ``matrix[i][j]`` over rows ``mids`` (y) and columns ``deeps`` (x).
@@ -96,32 +130,16 @@ def tier_figure(mids, deeps, matrix, title: str, *, ylabel: str = "middle tier s
     """
     plt = pyplot()
     import numpy as np
-    from matplotlib.colors import Normalize, TwoSlopeNorm
 
     data = np.array([[np.nan if v is None else v for v in line] for line in matrix], dtype=float)
     finite = data[np.isfinite(data)]
-    if centered:
-        bound = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
-        cmap, norm, fmt = "RdBu_r", TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound), "{:+.1f}"
-    else:
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        cmap, norm, fmt = "viridis", Normalize(vmin=low, vmax=high if high > low else low + 1e-6), "{:.1f}"
+    bound = (float(np.abs(finite).max()) if finite.size else 1.0) if centered else None
     fig, ax = plt.subplots(figsize=(max(4.0, 1.8 + 0.9 * len(deeps)), max(3.2, 1.4 + 0.8 * len(mids))))
-    im = ax.imshow(data, cmap=cmap, norm=norm, origin="lower")
-    ax.set_xticks(range(len(deeps)), [tier_label(d) for d in deeps])
-    ax.set_yticks(range(len(mids)), [tier_label(m) for m in mids])
+    im = heatmap(ax, data, [tier_label(d) for d in deeps], [tier_label(m) for m in mids], bound, origin="lower")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     # about 12 characters of 8-pt text per inch of figure
     ax.set_title(textwrap.fill(title, width=max(48, int(12 * fig.get_figwidth()))), fontsize=8)
-    for i in range(len(mids)):
-        for j in range(len(deeps)):
-            value = data[i, j]
-            # white on the dark ends of the colour map (both ends of RdBu_r, the low end of viridis)
-            shade = float(norm(value)) if np.isfinite(value) else 0.5
-            dark = shade > 0.8 or shade < 0.2 if centered else shade < 0.35
-            ax.text(j, i, MISSING if not np.isfinite(value) else fmt.format(value), ha="center",
-                    va="center", fontsize=7, color="white" if dark else "black")
     fig.colorbar(im, ax=ax, label=value_label)
     fig.tight_layout()
     return fig

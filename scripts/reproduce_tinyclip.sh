@@ -24,6 +24,10 @@ reproduce-larv main --tasks 8 14 20 "${common[@]}"          # 6 mergers x {bare,
 reproduce-larv gates --tasks 8 14 20 --gates tiered2 continuous linear_depth depth_tiers "${common[@]}"
 reproduce-larv tiers "${common[@]}"                         # Figure 4: middle x deep tiers, Iso-C, 8 tasks
 reproduce-larv diagnostics "${common[@]}"                   # Figure 2: e, c, s per block, 5 mergers
+# Figures 3 and 5: 4 towers merged, evaluated on the clean and the 7 corrupted test splits; with
+# the pretrained model and each tower alone on every split (zero-shot and individual rows)
+reproduce-larv robustness --references "${common[@]}"
+reproduce-larv generalization "${common[@]}"                # 6 of the 8 towers merged, all 8 evaluated
 # Appendix D: LARV vs depth priors (LiNeS, a linear ramp, depth tiers, rho=0) at 8/14/20 tasks;
 # global scales, LiNeS's beta and a tier grid chosen on the validation splits, then run on test
 reproduce-larv depth "${common[@]}"

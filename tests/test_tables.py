@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fusion_bench_larv.paper import tables
+from fusion_bench_larv.paper.collect import GENERALIZATION_SEEN
 from fusion_bench_larv.paper.experiments import GATE_VARIANTS, MERGERS
 
 TASKS8 = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
@@ -284,7 +285,7 @@ def test_zero_shot_and_individual_reference_rows(tmp_path):
 def test_generalization_and_nlp_tables(tmp_path):
     root = tmp_path / "runs"
     exp1 = "CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp1"
-    accs = {t: (0.8 if t in tables.GENERALIZATION_SEEN["exp1"] else 0.4) for t in TASKS8}
+    accs = {t: (0.8 if t in GENERALIZATION_SEEN["exp1"] else 0.4) for t in TASKS8}
     write_job(root, exp1, "simple_average", ["taskpool=CLIPVisionModelTaskPool/clip-vit-classification_TA8"], accs)
     nlp = "Seq2SeqLMPool/flan-t5-base_glue_lora16"
     glue = {"glue-cola": 0.7, "glue-rte": 0.5}

@@ -52,10 +52,23 @@ GENERALIZATION_SEEN = {
     "exp1": {"sun397", "stanford-cars", "resisc45", "dtd", "svhn", "gtsrb"},
     "exp2": {"sun397", "stanford-cars", "gtsrb", "eurosat", "dtd", "mnist"},
 }
+#: tasks left out of the merge in the offline analogues (config/modelpool/tinyclip_synth8_generalization_exp*.yaml;
+#: a test checks them against the configs): MNIST, EuroSAT → handwritten_digits, textures; SVHN, RESISC45 → digits, position
+TINYCLIP_GENERALIZATION_UNSEEN = {
+    "exp1": {"handwritten-digits", "textures"},
+    "exp2": {"digits", "position"},
+}
+
+
+def generalization_seen(backbone: str, exp: str, task: str) -> bool:
+    """Whether ``task`` was merged in generalization experiment ``exp`` (``exp1``/``exp2``)."""
+    if backbone == "TinyCLIP":
+        return norm_task(task) not in TINYCLIP_GENERALIZATION_UNSEEN[exp]
+    return norm_task(task) in GENERALIZATION_SEEN[exp]
 
 
 CORRUPTION_LABELS = OrderedDict(
-    motion_blur="Motion", impulse_noise="Impulse", gaussian_noise="Gaussian", pixelate="Pixelate",
+    clean="Clean", motion_blur="Motion", impulse_noise="Impulse", gaussian_noise="Gaussian", pixelate="Pixelate",
     spatter="Spatter", contrast="Contrast", jpeg_compression="JPEG",
 )
 
@@ -92,6 +105,11 @@ def describe_modelpool(modelpool: str) -> Dict[str, Any]:
     if m:
         backbone = {v[0]: v[1] for v in BACKBONES.values()}[f"clip-vit-{m.group(1)}"]
         return dict(kind="clip", backbone=backbone, num_tasks=int(re.sub(r"\D", "", m.group(2))), setting=m.group(2))
+    m = re.search(r"tinyclip_synth\d+_(robustness|generalization_exp\d)$", mp)
+    if m:
+        if m.group(1) == "robustness":
+            return dict(kind="robustness", backbone="TinyCLIP", num_tasks=4, setting="corrupted")
+        return dict(kind="generalization", backbone="TinyCLIP", num_tasks=6, setting=m.group(1).split("_")[-1])
     m = re.search(r"tinyclip_synth(\d+)", mp)
     if m:
         return dict(kind="clip", backbone="TinyCLIP", num_tasks=int(m.group(1)), setting=f"synth{m.group(1)}")
@@ -220,7 +238,11 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
         tuned=(meta or {}).get("tuned") or ov.get("tuned", ""),
         score_depth_spearman=_score_depth_spearman(src) if is_larv else "",
     )
-    if method == "dummy" and labels["individual_task"]:
+    if method == "dummy" and labels["kind"] == "robustness":
+        # a robustness pool's reference job: the pretrained model, or one fine-tuned tower alone
+        # (its own task is the diagonal), on one split
+        labels.update(merger="individual" if labels["individual_task"] else "zeroshot")
+    elif method == "dummy" and labels["individual_task"]:
         # a fine-tuned model evaluated alone (FusionBench's *_individual pools, or the
         # synthetic pool's `individual` key)
         labels.update(kind="individual", merger="individual")

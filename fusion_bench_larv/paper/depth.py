@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .collect import Index, merger_label, mergers_present, setting_order, variant_crit
 from .experiments import DEPTH_FIXED_ROWS, DEPTH_TUNED_ROWS, GATE_VARIANTS, MERGERS
+from .render import Table
 
 __all__ = ["ROWS", "DEPTH_COLUMNS", "depth_rows", "depth_tables"]
 
@@ -113,9 +114,7 @@ def _cell(record: Dict[str, Any]) -> str:
 
 
 def depth_tables(records: Sequence[Dict[str, Any]]):
-    """One :class:`~fusion_bench_larv.paper.tables.Table` per (backbone, task count)."""
-    from .tables import Table
-
+    """One :class:`~fusion_bench_larv.paper.render.Table` per (backbone, task count)."""
     out = []
     for backbone, n in sorted({(r["backbone"], r["num_tasks"]) for r in records}, key=setting_order):
         here = [r for r in records if r["backbone"] == backbone and r["num_tasks"] == n]

@@ -79,6 +79,12 @@ GENERALIZATION_MODELPOOLS = (
     "CLIPVisionModelPool/clip-vit-base-patch32_generalization_exp2",
 )
 GENERALIZATION_TASKPOOL = "CLIPVisionModelTaskPool/clip-vit-classification_TA8"
+#: --suite tinyclip: the offline analogues of the robustness and generalization pools (each alias
+#: selects its task pool; docs/benchmark.md, "Corrupted test splits" and "Generalization pools")
+TINYCLIP_ROBUSTNESS_MODELPOOL = "tinyclip_synth8_robustness"
+TINYCLIP_GENERALIZATION_MODELPOOLS = ("tinyclip_synth8_generalization_exp1", "tinyclip_synth8_generalization_exp2")
+#: the uncorrupted test split of the offline robustness pool (``+corruption=clean``)
+CLEAN = "clean"
 NLP_MODELPOOL = "Seq2SeqLMPool/flan-t5-base_glue_lora16"
 NLP_TASKPOOL = "larv/flan-t5_glue_text_generation"
 #: LARV blocks of T5: encoder.block.<i>. then decoder.block.<i>. (docs/method.md, "Blocks").
@@ -159,17 +165,39 @@ def _diagnostics_jobs(args) -> List[Job]:
 
 
 def _robustness_jobs(args) -> List[Job]:
+    if args.suite == "tinyclip":
+        return _tinyclip_robustness_jobs(args)
+    if args.references or CLEAN in (args.corruptions or ()):
+        raise SystemExit("robustness: --references and the clean split are offline only (--suite tinyclip); "
+                         "FusionBench's clean test sets are the main table's")
     jobs: List[Job] = []
-    for c in args.corruptions:
+    for c in args.corruptions or CORRUPTIONS:
         prefix = [("modelpool", ROBUSTNESS_MODELPOOL), ("taskpool", ROBUSTNESS_TASKPOOL), ("+corruption", c)]
         jobs += _variant_jobs(prefix, args.mergers, args.variants)
     return jobs
 
 
+def _tinyclip_robustness_jobs(args) -> List[Job]:
+    """Per split (clean, then the corruptions): the mergers, bare and + LARV; with
+    ``--references`` also the pretrained model and each fine-tuned tower alone (``method=dummy``)."""
+    from ..synth.corrupted import ROBUSTNESS_TASKS
+
+    jobs: List[Job] = []
+    for c in args.corruptions or (CLEAN, *CORRUPTIONS):
+        prefix = [("modelpool", TINYCLIP_ROBUSTNESS_MODELPOOL), ("+corruption", c)]
+        jobs += _variant_jobs(prefix, args.mergers, args.variants)
+        if args.references:
+            jobs.append(job(*prefix, ("method", "dummy")))
+            jobs += [job(*prefix, ("method", "dummy"), ("modelpool.individual", t)) for t in ROBUSTNESS_TASKS]
+    return jobs
+
+
 def _generalization_jobs(args) -> List[Job]:
-    return [j for mp in GENERALIZATION_MODELPOOLS
-            for j in _variant_jobs([("modelpool", mp), ("taskpool", GENERALIZATION_TASKPOOL)], args.mergers,
-                                   args.variants)]
+    if args.suite == "tinyclip":
+        pools = [[("modelpool", mp)] for mp in TINYCLIP_GENERALIZATION_MODELPOOLS]
+    else:
+        pools = [[("modelpool", mp), ("taskpool", GENERALIZATION_TASKPOOL)] for mp in GENERALIZATION_MODELPOOLS]
+    return [j for p in pools for j in _variant_jobs(p, args.mergers, args.variants)]
 
 
 def _nlp_jobs(args) -> List[Job]:
@@ -278,8 +306,7 @@ class Experiment:
         build: ``args -> jobs`` (``args``: the parsed command line, defaults applied).
         axes: the keys its sweeps vary (everything else is fixed within one sweep).
         defaults: command-line filters that default differently for this experiment.
-        suites: the suites it can run on (the embedded benchmark has no corruptions, no
-            generalization pools and no T5).
+        suites: the suites it can run on (the embedded benchmark has no T5).
     """
 
     name: str
@@ -304,10 +331,11 @@ EXPERIMENTS: Dict[str, Experiment] = OrderedDict((e.name, e) for e in [
                dict(tasks=[8], backbones=["b32"], mergers=["iso_c"])),
     Experiment("diagnostics", "per-block e, c, s (Figure 2); no evaluation", _diagnostics_jobs,
                ("method", "modelpool"), dict(tasks=[8], backbones=["b32", "b16"], mergers=list(DIAGNOSTIC_MERGERS))),
-    Experiment("robustness", "corruption robustness (Figures 3 and 5) on Cars, EuroSAT, RESISC45, GTSRB",
-               _robustness_jobs, ("+corruption", "method"), suites=("fusionbench",)),
+    Experiment("robustness", "corruption robustness (Figures 3 and 5) on Cars, EuroSAT, RESISC45, GTSRB "
+               "(tinyclip: their analogues, clean split included)",
+               _robustness_jobs, ("+corruption", "method", "modelpool.individual")),
     Experiment("generalization", "generalization to unseen tasks (FusionBench's generalization_exp1/exp2)",
-               _generalization_jobs, ("modelpool", "method"), suites=("fusionbench",)),
+               _generalization_jobs, ("modelpool", "method")),
     Experiment("nlp", "Flan-T5-base LoRA-16 GLUE merges, LARV over T5 encoder then decoder blocks", _nlp_jobs,
                ("method",), suites=("fusionbench",)),
     Experiment("individual", "fine-tuned models alone (denominator of the normalized accuracy)", _individual_jobs,

@@ -1,4 +1,4 @@
-"""The paper lab's figures: Figure 2 (per-block diagnostics), the main bars, Figure 3 (corruptions).
+"""The paper lab's figures: Figure 2 (per-block diagnostics), the main bars, Figures 3 and 5 (corruptions).
 
 Figure 2 is drawn by :func:`fusion_bench_larv.plots.layer_figure`, the same function that draws
 one run's ``larv_layers.png``; Figure 4 (the tier heatmap) by :func:`fusion_bench_larv.plots.tier_figure`.
@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Dict, Sequence
 
-from ..plots import layer_figure, pyplot
-from .collect import (BACKBONE_ORDER, CORRUPTION_LABELS, Index, individual_average, match, merger_label,
-                      mergers_present, setting_order, variant_crit)
-from .experiments import CORRUPTIONS, MERGERS
+from ..plots import heatmap, layer_figure, pyplot
+from .collect import (BACKBONE_ORDER, CORRUPTION_LABELS, Index, describe_modelpool, individual_average, match,
+                      merger_label, mergers_present, setting_order, variant_crit)
+from .experiments import CLEAN, CORRUPTIONS, MERGERS
 
 
 def diagnostics_figure(blocks: Sequence[Dict[str, Any]]):
-    """Figure 2: one row per backbone, columns e, c, s; one line per merger (default LARV runs)."""
-    sel = [b for b in blocks if b["method_overrides"] in ("", None)]
+    """Figure 2: one row per backbone, columns e, c, s; one line per merger (default LARV runs of
+    the CLIP task settings; the robustness and generalization pools' merges are left out)."""
+    sel = [b for b in blocks if b["method_overrides"] in ("", None)
+           and describe_modelpool(b["modelpool"])["kind"] == "clip"]
     if not sel:
         return None
     backbones = [bb for bb in BACKBONE_ORDER if any(b["backbone"] == bb for b in sel)]
@@ -71,35 +73,89 @@ def main_figure(rows: Sequence[Dict[str, Any]]):
     return fig
 
 
-def corruption_figure(rows: Sequence[Dict[str, Any]]):
-    """Figure 3: per merger, bare vs +LARV average accuracy per corruption and their mean."""
+def _robustness_rows(rows: Sequence[Dict[str, Any]], backbone=None):
+    return [r for r in rows if r["kind"] == "robustness" and (backbone is None or r["backbone"] == backbone)]
+
+
+def _split_value(rob, crit: Dict[str, Any], split: str, task: str = "average"):
+    hit = [r for r in rob if r["corruption"] == split and r["task"] == task and all(match(r.get(k), v) for k, v in crit.items())]
+    return 100 * float(hit[0]["accuracy"]) if hit else float("nan")
+
+
+def corruption_figure(rows: Sequence[Dict[str, Any]], backbone=None):
+    """Figure 3: per merger, bare vs +LARV average accuracy per corruption and their mean (after
+    the clean split, where it was evaluated: the offline suite)."""
     plt = pyplot()
     import numpy as np
 
-    rob = [r for r in rows if r["kind"] == "robustness" and r["task"] == "average"]
-    if not rob:
+    rob = _robustness_rows(rows, backbone)
+    merges = [r for r in rob if r["merger"] not in ("zeroshot", "individual")]
+    if not merges:
         return None
-    corrs = [c for c in CORRUPTIONS if any(r["corruption"] == c for r in rob)]
-    mergers = mergers_present(rob)
-    fig, axes = plt.subplots(1, len(mergers), figsize=(4.5 * len(mergers), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], mergers):
+    splits = [c for c in (CLEAN, *CORRUPTIONS) if any(r["corruption"] == c for r in merges)]
+    corrs = [c for c in splits if c != CLEAN]
+    mergers = mergers_present(merges)
+    cols = min(3, len(mergers))
+    fig, axes = plt.subplots(-(-len(mergers) // cols), cols, figsize=(4.8 * cols, 3.4 * -(-len(mergers) // cols)),
+                             squeeze=False)
+    for ax in list(axes.flat)[len(mergers):]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, mergers):
         series = OrderedDict()
         for larv, name in ((False, "bare"), (True, "+ LARV")):
-            crit = variant_crit(m, larv)
-            vals = []
-            for c in corrs:
-                hit = [r for r in rob if r["corruption"] == c and all(match(r.get(k), v) for k, v in crit.items())]
-                vals.append(100 * float(hit[0]["accuracy"]) if hit else np.nan)
-            avg = np.nan if any(np.isnan(vals)) else float(np.mean(vals))
+            vals = [_split_value(merges, variant_crit(m, larv), c) for c in splits]
+            corrupted = [v for c, v in zip(splits, vals) if c != CLEAN]
+            avg = np.nan if not corrupted or any(np.isnan(corrupted)) else float(np.mean(corrupted))
             series[name] = vals + [avg]
-        x = np.arange(len(corrs) + 1)
+        x = np.arange(len(splits) + 1)
         width = 0.38
         for k, (name, vals) in enumerate(series.items()):
             ax.bar(x + (k - 0.5) * width, vals, width, label=name)
-        ax.set_xticks(x, [CORRUPTION_LABELS[c] for c in corrs] + ["Avg."], rotation=45, ha="right")
+        drawn = [v for vals in series.values() for v in vals if np.isfinite(v)]
+        if drawn:  # bars start near the lowest value, so that points of difference show
+            ax.set_ylim(max(0.0, 10 * np.floor(min(drawn) / 10) - 5), min(100.0, max(drawn) + 4))
+        ax.set_xticks(x, [CORRUPTION_LABELS[c] for c in splits] + ["Avg."], rotation=45, ha="right")
+        if CLEAN in splits and corrs:
+            ax.axvline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("corruption")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(merger_label(m))
         ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def corruption_delta_figure(rows: Sequence[Dict[str, Any]], backbone=None):
+    """Figure 5: per merger, a heatmap of Δ accuracy (+ LARV − bare, points) over tasks (rows, then
+    their average) × corruptions (columns, then their average); one colour scale for all panels,
+    centred at 0, blue = LARV better, red = worse (the paper's caption of Figure 5)."""
+    plt = pyplot()
+    import numpy as np
+
+    merges = [r for r in _robustness_rows(rows, backbone) if r["merger"] not in ("zeroshot", "individual")]
+    corrs = [c for c in CORRUPTIONS if any(r["corruption"] == c for r in merges)]
+    if not merges or not corrs:
+        return None
+    tasks = list(dict.fromkeys(r["task"] for r in merges if r["task"] != "average"))
+    mergers = mergers_present(merges)
+    grids = []
+    for m in mergers:
+        delta = np.array([[_split_value(merges, variant_crit(m, True), c, t) - _split_value(merges, variant_crit(m, False), c, t)
+                           for c in corrs] for t in tasks + ["average"]])
+        grids.append(np.column_stack([delta, delta.mean(axis=1)]))
+    cols = min(3, len(mergers))
+    rows_n = -(-len(mergers) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(cols * (0.45 * (len(corrs) + 1) + 1.3) + 1.0,
+                                                    (0.42 * (len(tasks) + 1) + 1.3) * rows_n),
+                             squeeze=False, constrained_layout=True)
+    bound = max([float(np.nanmax(np.abs(g))) for g in grids if np.isfinite(g).any()] + [1e-6])
+    for ax, m, grid in zip(axes.flat, mergers, grids):
+        im = heatmap(ax, grid, [CORRUPTION_LABELS[c] for c in corrs] + ["Avg."], tasks + ["Avg."], bound, cmap="RdBu")
+        ax.axhline(len(tasks) - 0.5, color="black", lw=0.8)  # the averages apart from the cells
+        ax.axvline(len(corrs) - 0.5, color="black", lw=0.8)
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.set_title(merger_label(m), fontsize=9)
+    for ax in list(axes.flat)[len(mergers):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="Δ accuracy, + LARV − bare (points)")
     return fig

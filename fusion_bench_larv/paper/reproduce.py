@@ -15,6 +15,8 @@ sub-command             jobs (real FusionBench checkpoints, ``--suite fusionbenc
 ``tiers``               B/32 × 8 tasks × Iso-C × (5 middle × 5 deep tier values + bare)   = 26
 ``diagnostics``         {B/32, B/16} × 8 tasks × 5 mergers, +LARV, no evaluation          = 10
 ``robustness``          B/32 × 4 tasks × 6 mergers × {bare, +LARV} × 7 corruptions        = 84
+                        (``--suite tinyclip``: × 8 splits, clean included = 96; with
+                        ``--references`` + 8 × (zero-shot + 4 fine-tuned towers alone) = 136)
 ``generalization``      B/32 × {exp1, exp2} × 6 mergers × {bare, +LARV}                   = 24
 ``nlp``                 Flan-T5-base LoRA-16 × 8 GLUE tasks × 6 mergers × {bare, +LARV}   = 12
 ``individual``          fine-tuned models evaluated alone (for normalized accuracy)      = 3×8
@@ -35,7 +37,9 @@ the evaluated split; + the root key ``corruption``);
 ``Seq2SeqLMPool/flan-t5-base_glue_lora16`` + ``larv/flan-t5_glue_text_generation`` (ours:
 FusionBench's, caching under ``path.cache_dir`` keyed by the tokenizer, with an average). With
 ``--suite tinyclip`` the CLIP experiments run on the embedded offline benchmark instead
-(``tinyclip_synth{8,14,20}``; one backbone, "TinyCLIP").
+(``tinyclip_synth{8,14,20}``; one backbone, "TinyCLIP"; robustness on
+``tinyclip_synth8_robustness`` with ``+corruption=clean|<corruption>``, generalization on
+``tinyclip_synth8_generalization_exp{1,2}``).
 
 The experiments themselves (their jobs, swept axes, defaults and suites) are records in
 :mod:`fusion_bench_larv.paper.experiments`; this module turns them into commands. Bare baselines
@@ -79,7 +83,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .experiments import (BACKBONES, CORRUPTIONS, EXPERIMENTS, GATE_VARIANTS, MERGERS, SUITES, TASK_SETTINGS,
+from .experiments import (BACKBONES, CLEAN, CORRUPTIONS, EXPERIMENTS, GATE_VARIANTS, MERGERS, SUITES, TASK_SETTINGS,
                           build_jobs, experiment_args)
 from ..atomic import atomic_write_json
 from .collect import collect
@@ -219,7 +223,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shallow", type=float, default=0.6, help="tiers: fixed shallow tier value")
     p.add_argument("--mid", nargs="+", type=float, default=[0.8, 0.9, 1.0, 1.1, 1.2], help="tiers: middle tier values")
     p.add_argument("--deep", nargs="+", type=float, default=[1.0, 1.1, 1.2, 1.3, 1.4], help="tiers: deep tier values")
-    p.add_argument("--corruptions", nargs="+", choices=list(CORRUPTIONS), default=list(CORRUPTIONS))
+    p.add_argument("--corruptions", nargs="+", choices=[CLEAN, *CORRUPTIONS], default=None,
+                   help="robustness: test splits (default: the 7 corruptions; tinyclip: clean and the 7)")
+    p.add_argument("--references", action="store_true",
+                   help="robustness, tinyclip: also the pretrained model and each fine-tuned tower alone on every split")
     p.add_argument("--output", default="outputs/larv", help="root of the job folders (default: %(default)s)")
     p.add_argument("--launcher", choices=["basic", "joblib", "slurm"], default="basic")
     p.add_argument("--n-jobs", type=int, default=None, help="joblib: parallel processes")

@@ -25,7 +25,9 @@ Output (``--out``):
 * Figures (PNG and PDF): ``fig_diagnostics`` (e, c, s per block, one line per merger, one row
   per backbone: the paper's Figure 2), ``fig_tiers`` (Δ accuracy heatmap over middle × deep tier
   values, colour map centred at 0: Figure 4), ``fig_corruption`` (bare vs +LARV bars per
-  corruption and their average: Figure 3).
+  corruption and their average, after the clean split where it was run: Figure 3) and
+  ``fig_corruption_delta`` (Δ accuracy over tasks × corruptions, one panel per merger, colour map
+  centred at 0: Figure 5); one pair per backbone, suffixed with it when there are several.
 
 Missing runs are shown as "—" and listed in a warning; no number is ever filled in or
 interpolated. Accuracies in tables are percentages with one decimal; a score the task pool
@@ -42,46 +44,20 @@ import argparse
 import logging
 import math
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..atomic import atomic_write_text
 from ..plots import MISSING, save_figure, tier_figure, tier_label
-from .collect import (BACKBONE_ORDER, BLOCK_COLUMNS, CORRUPTION_LABELS, GENERALIZATION_SEEN, RESULT_COLUMNS,
-                      SUMMARY_COLUMNS, Index, block_rows, collect, individual_average, merger_label, mergers_present,
+from .collect import (BACKBONE_ORDER, BLOCK_COLUMNS, CORRUPTION_LABELS, RESULT_COLUMNS, SUMMARY_COLUMNS, Index,
+                      block_rows, collect, generalization_seen, individual_average, merger_label, mergers_present,
                       norm_task, normalized_value, setting_order, summary_rows, tidy_rows, variant_crit, write_csv)
-from .experiments import CORRUPTIONS, DEFAULT_GATE_VARIANT, GATE_VARIANTS
 from .depth import DEPTH_COLUMNS, depth_rows, depth_tables
-from .figures import corruption_figure, diagnostics_figure, main_figure
+from .experiments import CLEAN, CORRUPTIONS, DEFAULT_GATE_VARIANT, GATE_VARIANTS
+from .figures import corruption_delta_figure, corruption_figure, diagnostics_figure, main_figure
+from .render import Table, latex_escape, pct, pct_delta, slug, to_latex, to_markdown  # noqa: F401 (re-exported)
 
 log = logging.getLogger("fusion_bench_larv.paper.tables")
-
-
-def pct(x: Optional[float]) -> str:
-    if x is None:
-        return MISSING
-    return "NaN" if math.isnan(x) else f"{100 * x:.1f}"
-
-
-def pct_delta(x: Optional[float], base: Optional[float]) -> str:
-    if x is None:
-        return MISSING
-    if base is None or math.isnan(x) or math.isnan(base):
-        return pct(x)
-    return f"{100 * x:.1f} ({100 * (x - base):+.1f})"
-
-
-@dataclass
-class Table:
-    """A rendered-agnostic table: a title, a header and rows of cell strings."""
-
-    key: str
-    title: str
-    header: List[str]
-    rows: List[List[str]]
-    note: str = ""
 
 
 def reference_rows(idx: Index, key: str, columns: Sequence[Tuple[str, Dict[str, Any]]],
@@ -204,7 +180,7 @@ def _gate_tables(idx: Index, clip: Sequence[Dict[str, Any]]) -> List[Table]:
                 rows.append([g] + cells)
             note = (f"{DEFAULT_GATE_VARIANT} is the shipped defaults; where no job spelled it out, the row shows the "
                     "`larv_*` job without overrides (the same configuration)." if defaults_used else "")
-            out.append(Table(f"gates_{key_prefix}{_slug(b)}_{n}",
+            out.append(Table(f"gates_{key_prefix}{slug(b)}_{n}",
                              f"Gate ablation, {b}, {n} tasks: {what_label} (Δ vs bare, points)",
                              ["Gate"] + [merger_label(m) for m in mergers], rows, note))
     return out
@@ -243,52 +219,97 @@ def _tier_tables(idx: Index, clip: Sequence[Dict[str, Any]]) -> List[Table]:
         if len(mids) * len(deeps) < 2:
             continue
         rows = [[tier_label(mid)] + [MISSING if v is None else f"{v:+.1f}" for v in line] for mid, line in zip(mids, matrix)]
-        out.append(Table(f"tiers_{_slug(b)}_{n}_{m}", f"Tier sensitivity, {merger_label(m)} on {b}, {n} tasks: Δ accuracy "
+        out.append(Table(f"tiers_{slug(b)}_{n}_{m}", f"Tier sensitivity, {merger_label(m)} on {b}, {n} tasks: Δ accuracy "
                          f"(points) vs bare ({pct(bare)}%); shallow tier {'/'.join(tier_label(s) for s in shallow)}",
                          ["middle \\ deep"] + [tier_label(d) for d in deeps], rows))
     return out
 
 
+def robustness_splits(rob: Sequence[Dict[str, Any]]) -> List[str]:
+    """The splits present among robustness rows: clean first, then the corruptions in the paper's order."""
+    return [c for c in (CLEAN, *CORRUPTIONS) if any(r["corruption"] == c for r in rob)]
+
+
+def robustness_reference(idx: Index, what: str, merger: str, crit: Dict[str, Any]) -> Optional[float]:
+    """Average accuracy on one split of a robustness pool's reference jobs: the pretrained model
+    (``zeroshot``), or each fine-tuned tower alone on its own task (``individual``, averaged)."""
+    if merger == "zeroshot":
+        return idx.value(what, task="average", merger="zeroshot", **crit)
+    jobs = idx.find(what, merger="individual", **crit)
+    tasks = sorted({r["task"] for r in jobs if r["task"] != "average"})
+    vals = [idx.value(f"{what} ({t})", task=t, merger="individual", individual_task=lambda v, t=t: norm_task(v) == norm_task(t),
+                      **crit) for t in tasks]
+    if not vals or any(v is None for v in vals):
+        idx.missing.append(what)
+        return None
+    return sum(vals) / len(vals)
+
+
 def _robustness_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
-    rob = [r for r in rows if r["kind"] == "robustness"]
-    if not rob:
-        return []
-    corrs = [c for c in CORRUPTIONS if any(r["corruption"] == c for r in rob)]
-    cols = [(CORRUPTION_LABELS[c], dict(kind="robustness", corruption=c)) for c in corrs]
+    """Per backbone: rows zero-shot and individual (where run), then each merger and + LARV;
+    columns the clean split (offline suite), each corruption and the average over the corruptions."""
+    out = []
+    for b in sorted({r["backbone"] for r in rows if r["kind"] == "robustness"}, key=lambda b: setting_order((b, 0))):
+        rob = [r for r in rows if r["kind"] == "robustness" and r["backbone"] == b]
+        splits = robustness_splits(rob)
+        corrs = [c for c in splits if c != CLEAN]
+        base = dict(kind="robustness", backbone=b)
 
-    def avg_fn(what, crit):
-        if "corruption" in crit:
+        def value(what, crit, reference=None):
+            if "corruption" not in crit:  # the average over the corruptions
+                vals = [value(f"{what} [{c}]", {**crit, "corruption": c}, reference) for c in corrs]
+                return None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)
+            if reference:
+                return robustness_reference(idx, what, reference, crit)
             return idx.value(what, task="average", **crit)
-        vals = [idx.value(f"{what} [{c}]", task="average", **crit, corruption=c) for c in corrs]
-        return None if any(v is None for v in vals) else sum(vals) / len(vals)
 
-    cols.append(("Avg.", dict(kind="robustness")))
-    return [paired_table(idx, "robustness", "Corruption robustness, ViT-B/32 on Cars, EuroSAT, RESISC45, GTSRB: "
-                         "average accuracy (%) per corruption (Δ vs bare, points)", cols, mergers_present(rob),
-                         value_fn=avg_fn)]
+        cols = [(CORRUPTION_LABELS[c], dict(base, corruption=c)) for c in splits] + [("Avg.", dict(base))]
+        merges = [r for r in rob if r["merger"] not in ("zeroshot", "individual")]
+        table = paired_table(idx, f"robustness_{slug(b)}", f"Corruption robustness, {b} on "
+                             f"{', '.join(robustness_tasks(rob))}: average accuracy (%) per test split (Δ vs bare, "
+                             "points); Avg.: mean over the corruptions", cols, mergers_present(merges), value_fn=value)
+        for label, ref in (("Individual fine-tuned", "individual"), ("Pretrained (zero-shot)", "zeroshot")):
+            if any(r["merger"] == ref for r in rob):
+                table.rows.insert(0, [label] + [pct(value(f"robustness: {ref} @ {c}", crit, ref)) for c, crit in cols])
+        out.append(table)
+    return out
+
+
+def robustness_tasks(rob: Sequence[Dict[str, Any]]) -> List[str]:
+    return list(dict.fromkeys(r["task"] for r in rob if r["task"] != "average" and r["merger"] != "individual"))
 
 
 def _generalization_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
-    gen = [r for r in rows if r["kind"] == "generalization"]
-    if not gen:
-        return []
+    """Per backbone: average accuracy on the tasks seen while merging and on the unseen ones, per
+    experiment; a zero-shot row (the pretrained model on the same tasks) where its 8-task job exists."""
+    out = []
+    for b in sorted({r["backbone"] for r in rows if r["kind"] == "generalization"}, key=lambda b: setting_order((b, 0))):
+        gen = [r for r in rows if r["kind"] == "generalization" and r["backbone"] == b]
 
-    def split_fn(what, crit):
-        crit = dict(crit)
-        exp, part = crit.pop("_exp"), crit.pop("_part")
-        hits = [r for r in idx.find(what, **crit, setting=exp) if r["task"] != "average"]
-        seen = GENERALIZATION_SEEN[exp]
-        vals = [float(r["accuracy"]) for r in hits if (norm_task(r["task"]) in seen) == (part == "seen")]
-        if not vals:
-            idx.missing.append(what)
-            return None
-        return sum(vals) / len(vals)
+        def split_fn(what, crit):
+            crit = dict(crit)
+            exp, part = crit.pop("_exp"), crit.pop("_part")
+            if crit.get("kind") == "zeroshot":
+                hits = [r for r in idx.find(what, **crit) if r["task"] != "average"]
+            else:
+                hits = [r for r in idx.find(what, **crit, setting=exp) if r["task"] != "average"]
+            vals = [float(r["accuracy"]) for r in hits if generalization_seen(b, exp, r["task"]) == (part == "seen")]
+            if not vals:
+                idx.missing.append(what)
+                return None
+            return sum(vals) / len(vals)
 
-    cols = [(f"{exp} {part}", dict(kind="generalization", _exp=exp, _part=part))
-            for exp in ("exp1", "exp2") if any(r["setting"] == exp for r in gen) for part in ("seen", "unseen")]
-    return [paired_table(idx, "generalization", "Generalization, ViT-B/32: average accuracy (%) on the tasks seen "
-                         "while merging and on unseen tasks (Δ vs bare, points)", cols, mergers_present(gen),
-                         value_fn=split_fn)]
+        parts = [(exp, part) for exp in ("exp1", "exp2") if any(r["setting"] == exp for r in gen) for part in ("seen", "unseen")]
+        cols = [(f"{exp} {part}", dict(kind="generalization", backbone=b, _exp=exp, _part=part)) for exp, part in parts]
+        table = paired_table(idx, f"generalization_{slug(b)}", f"Generalization, {b}: average accuracy (%) on the "
+                             "tasks seen while merging and on unseen tasks (Δ vs bare, points)", cols,
+                             mergers_present(gen), value_fn=split_fn)
+        if any(r["kind"] == "zeroshot" and r["backbone"] == b and r["num_tasks"] == 8 for r in rows):
+            table.rows.insert(0, ["Pretrained (zero-shot)"] + [
+                pct(split_fn(f"generalization: zero-shot @ {b} {exp} {part}",
+                             dict(kind="zeroshot", backbone=b, num_tasks=8, _exp=exp, _part=part))) for exp, part in parts])
+        out.append(table)
+    return out
 
 
 def _nlp_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
@@ -317,43 +338,6 @@ def _nlp_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
         title += f"; {', '.join(rho)}: Spearman's ρ × 100"
     title += " (Δ vs bare, points). Avg.: mean over the tasks with a score; NaN: no score (constant predictions)"
     return [paired_table(idx, "nlp", title, cols, mergers_present(nlp), value_fn=fn)]
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "", s)
-
-
-def to_markdown(table: Table) -> str:
-    lines = [f"### {table.title}", ""]
-    lines.append("| " + " | ".join(table.header) + " |")
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|")
-    for row in table.rows:
-        lines.append("| " + " | ".join(row) + " |")
-    if table.note:
-        lines += ["", table.note]
-    return "\n".join(lines) + "\n"
-
-
-_LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
-                  "—": "--", "\\": r"$\backslash$", "Δ": r"$\Delta$"}
-
-
-def latex_escape(s: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(s))
-
-
-def to_latex(table: Table) -> str:
-    cols = "l" + "r" * (len(table.header) - 1)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.title)}}}",
-             rf"\label{{tab:larv-{_slug(table.key)}}}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-             " & ".join(latex_escape(h) for h in table.header) + r" \\", r"\midrule"]
-    for i, row in enumerate(table.rows):
-        cells = [latex_escape(c) for c in row]
-        lines.append(" & ".join(cells) + r" \\")
-        if row[0] == "+ LARV" and i + 1 < len(table.rows):
-            lines.append(r"\midrule")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
 
 
 def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, Any]:
@@ -386,7 +370,7 @@ def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, An
     for t in tables:
         if t.key.startswith("tiers_"):
             _, b, n, m = t.key.split("_", 3)
-            bb = next(x for x in {r["backbone"] for r in rows} if _slug(x) == b)
+            bb = next(x for x in {r["backbone"] for r in rows} if slug(x) == b)
             grid = tier_grid(idx, rows, bb, int(n), m)
             if grid:
                 mids, deeps, matrix, _, _ = grid
@@ -394,9 +378,13 @@ def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, An
     fig = main_figure(rows)
     if fig is not None:
         figures["fig_main"] = save_figure(fig, out, "fig_main")
-    fig = corruption_figure(rows)
-    if fig is not None:
-        figures["fig_corruption"] = save_figure(fig, out, "fig_corruption")
+    rob_backbones = sorted({r["backbone"] for r in rows if r["kind"] == "robustness"}, key=lambda b: setting_order((b, 0)))
+    for b in rob_backbones:
+        suffix = "" if len(rob_backbones) == 1 else f"_{slug(b)}"
+        for name, draw in (("fig_corruption", corruption_figure), ("fig_corruption_delta", corruption_delta_figure)):
+            fig = draw(rows, b)
+            if fig is not None:
+                figures[name + suffix] = save_figure(fig, out, name + suffix)
     if missing:
         log.warning("%d table cells have no finished job (shown as %s): %s", len(missing), MISSING,
                     "; ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))

@@ -19,6 +19,7 @@ from fusion_bench.modelpool import CLIPVisionModelPool
 
 from ..taskpool import CLIPClassificationTaskPool
 from .build import Assets, ensure
+from .corrupted import ensure_corrupted, normalize
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,11 @@ def _task_list(tasks) -> list:
 
 
 def _dataset_config(assets: Assets, task: str, split: str) -> DictConfig:
-    return DictConfig({"_target_": "datasets.load_from_disk", "dataset_path": str(assets.data(task, split))})
+    return _load_from_disk(assets.data(task, split))
+
+
+def _load_from_disk(path) -> DictConfig:
+    return DictConfig({"_target_": "datasets.load_from_disk", "dataset_path": str(path)})
 
 
 class SynthCLIPVisionModelPool(CLIPVisionModelPool):
@@ -91,8 +96,11 @@ class SynthCLIPTaskPool(CLIPClassificationTaskPool):
     :class:`SynthCLIPVisionModelPool` (``tasks``, ``cache_dir``, ``seed``,
     ``build_if_missing``), plus ``split``: ``"test"`` (default) or ``"val"``, the validation
     splits (disjoint from test and from the fine-tuning data; docs/benchmark.md), to choose
-    hyperparameters without looking at the test sets. ``dataloader_kwargs`` and the rest go to
-    the parent class.
+    hyperparameters without looking at the test sets; and ``corruption``: ``null`` or
+    ``"clean"`` evaluates the split as it is, a corruption name
+    (``synth.corruptions.CORRUPTIONS``) the corrupted copies of the test splits
+    (:mod:`fusion_bench_larv.synth.corrupted`: generated on first use, checked on every use).
+    ``dataloader_kwargs`` and the rest go to the parent class.
     """
 
     def __init__(
@@ -103,18 +111,25 @@ class SynthCLIPTaskPool(CLIPClassificationTaskPool):
         seed: int = 0,
         build_if_missing: bool = True,
         split: Literal["test", "val"] = "test",
+        corruption: Optional[str] = None,
         **kwargs,
     ):
         tasks = _task_list(tasks)
         if split not in ("test", "val"):
             raise ValueError(f"`split` must be 'test' or 'val', got {split!r}")
         assets = ensure(tasks, cache_dir=cache_dir, seed=seed, build_if_missing=build_if_missing, finetuned=False)
+        if normalize(corruption) is None:
+            test_datasets = {t: _dataset_config(assets, t, split) for t in tasks}
+        elif split != "test":
+            raise ValueError(f"`corruption` {corruption!r} corrupts the test splits; it needs split 'test', got {split!r}")
+        else:
+            test_datasets = {t: _load_from_disk(p) for t, p in ensure_corrupted(assets, tasks, corruption).items()}
         table = json.loads(assets.prompts.read_text())
         for key in ("test_datasets", "clip_model", "processor", "classnames", "templates"):
             if kwargs.pop(key, None) is not None:
                 log.warning("SynthCLIPTaskPool sets `%s` itself; the configured value is ignored", key)
         super().__init__(
-            DictConfig({t: _dataset_config(assets, t, split) for t in tasks}),
+            DictConfig(test_datasets),
             classnames={t: table[t]["classnames"] for t in tasks},
             templates={t: table[t]["templates"] for t in tasks},
             clip_model=str(assets.pretrained),
@@ -122,4 +137,4 @@ class SynthCLIPTaskPool(CLIPClassificationTaskPool):
             **kwargs,
         )
         self.tasks, self.cache_dir, self.seed, self.build_if_missing = tasks, cache_dir, seed, build_if_missing
-        self.split = split
+        self.split, self.corruption = split, corruption
