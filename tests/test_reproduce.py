@@ -216,7 +216,11 @@ def test_individual_and_all(capsys):
     assert {j["method"] for j in jobs} == {"dummy"}
     _, all_jobs = dry_run(capsys, "all")
     # identical jobs (e.g. the bare B/32 baselines of main, gates and tiers) are listed once
-    assert len(all_jobs) == 36 + 72 + (36 - 6) + 25 + 10 + 84 + 24 + 12 + 24 + 9
+    # depth (B/32, 8/14/20 tasks) adds: rho=0 (18); depth tiers and the ramp at 14 and 20 tasks
+    # (12 + 12; gates ran them at 8); the validation grids: scales (10+10+7+7+7 per size),
+    # LiNeS's beta (5 x 10 + 15 per size) and tiers (9 x 6 per size)
+    depth_new = 18 + 12 + 12 + 3 * (10 + 10 + 7 + 7 + 7) + 3 * (5 * 10 + 15) + 3 * 9 * 6
+    assert len(all_jobs) == 36 + 72 + (36 - 6) + 25 + 10 + 84 + 24 + 12 + 24 + 9 + depth_new
 
 
 def test_zeroshot_jobs_evaluate_the_pretrained_model_of_every_pool(capsys):
