@@ -50,8 +50,7 @@ from .watched_pool import PRETRAINED, PoolModelError, aliases_any, checked_pool,
 log = logging.getLogger(__name__)
 
 #: the settings the gates read (``gate_table.Gate.keys``)
-GATE_KEYS = ("tiers", "tier_assignment", "amplitude", "steepness", "min_scale", "max_scale", "lines_alpha",
-             "lines_beta")
+GATE_KEYS = tuple(dict.fromkeys(key for gate in GATES.values() for key in gate.keys))
 
 
 # ----------------------------------------------------------------------------- validation
