@@ -35,15 +35,13 @@ from fusion_bench.utils import instantiate
 
 from .blocks import BlockLayout, diagnostic_keys, find_blocks
 from .defaults import BASE_MERGERS, DEFAULT_TIERS, Merger, config_of, merger_of, unit_scale_config
-from .diagnostics import RANK_METHODS, block_diagnostics, combine_diagnostics, rank_method_dtype
+from .diagnostics import block_diagnostics, combine_diagnostics, precision_dtype
 from .gate_table import GATES, Gate
-from .gates import TIER_ASSIGNMENTS, lines_alpha
-from .linalg import CPU_LINALG
+from .gates import lines_alpha
 from .rank_cache import process_rank_cache
 from .report import save_layer_report
-from .schedule import APPLIES, CONFLICTS, SOURCES, LayerSchedule, build_schedule
-from .settings import (alpha_value, block_pattern_value, check_base_method_values, check_unknown_keys, choice,
-                       real, tiers_value)
+from .schedule import LayerSchedule, build_schedule
+from .settings import SETTING_NAMES, check_base_method_values, check_settings, check_unknown_keys
 from .state_dicts import Delta, check_compatible, check_finite, float_state_dict, rescale_update_, restore_, task_sum_l1
 from .watched_pool import PRETRAINED, PoolModelError, aliases_any, checked_pool, load_theta0, watched_pool
 
@@ -68,41 +66,12 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         base_method: the merger to wrap: a config with ``_target_`` (instantiated without
             recursion, with this program's fabric handed over) or a ``BaseAlgorithm``. The
             named subclasses (``LARVIsoC``, ...) default it to FusionBench's CLIP settings.
-        gate: ``tiered`` (the paper's main variant) | ``continuous`` (the paper's ablation) |
-            ``linear_depth`` (a fixed linear ramp, ours) | ``lines`` (LiNeS as published: the ramp
-            α + β ℓ/(L−1) on the merger's update at scale 1) | ``identity`` (λ = 1: the bare
-            merger). The records are ``gate_table.GATES``.
-        tiers: tier values, lowest-scored blocks first; 2 or more levels, each finite and >= 0
-            (0 switches a tier off), not all 0. Default [0.6, 1.0, 1.2] is ours, not the paper's.
-        tier_assignment: ``score`` (rank blocks by s) or ``depth`` (depth-only ablation).
-        eta: η, exponent of the rank contrast e in the score (ours: 1).
-        rho: ρ >= 0, exponent of the depth prior ((ℓ+1)/L)^ρ (ours: 0.5; 0 removes it).
-        conflict: ``base`` (commutator of W0 and D) or ``pairwise`` (between task updates).
-        source: ``merged`` (D = the base merger's update Δ) or ``task_vectors`` (D = τ_t,
-            diagnostics averaged over tasks).
-        apply: ``pre`` (the base merger runs on θ0 + λ ⊙ τ_t; the paper's words, default) or
-            ``post`` (θ0 + λ ⊙ Δ); ``pre`` runs as ``post`` where both give the same model, and
-            the ``lines`` gate always rescales the merged update (LiNeS's rule).
-        non_block_scale: scale of every parameter outside the blocks (ours: 1).
-        amplitude, steepness: a and γ of the continuous gate λ = 1 + a tanh(γ (s/median(s) − 1)).
-            a > 1 could give λ < 0 (flipped task vectors) and needs ``min_scale >= 0``.
-        min_scale, max_scale: optional clamp of the continuous gate (``max_scale: 0`` is refused).
-        lines_alpha, lines_beta: α and β of the ramp λ = α + β ℓ / (L − 1) of ``linear_depth``
-            and ``lines``; ``null`` takes the gate's own default (``linear_depth``: 0.6 and 0.6,
-            ours; ``lines``: α ``auto`` = ||Σ τ_t||_1 / (T ||τ_merged||_1), LiNeS's rule, and β
-            required: LiNeS tunes it on validation data). α >= 0 and α + β >= 0, not both 0.
-        block_pattern: null (detect HF CLIP, open_clip or T5 blocks) or a regex / list of
-            regexes with one capture group for the block index.
-        rank_method: ``exact`` (float64: the reference) or ``approximate`` (float32, about 2x
-            cheaper on CPU; measured r_eff error in docs/performance.md).
-        rank_cache: reuse pretrained-matrix effective ranks across runs in this process (exact:
-            keyed by a digest of the weights, see ``rank_cache.py``).
-        rank_cache_dir: null (memory only) or a folder that also keeps them across processes
-            (atomic per-matrix files, checked on read); created and proven writable before the
-            base merger runs. Needs ``rank_cache: true``.
-        cpu_linalg: ``numpy`` (default; faster on CPU, docs/performance.md) or ``torch``: the
-            CPU library of the diagnostics (``linalg.py``), equal results to round-off. Other
-            devices (the fabric's GPU) always use torch.
+        gate, tiers, ..., cpu_linalg: the LARV settings, declared once in
+            ``settings.SETTINGS`` (default, check, whose choice, help), explained in the README's
+            config reference and defined in docs/method.md. ``gate`` picks a record of
+            ``gate_table.GATES``; ``apply: pre`` runs as ``post`` where both give the same model
+            (a merger the merger table marks homogeneous), and ``gate: lines`` always rescales
+            the merged update (LiNeS's rule).
 
     Raises (see README "Errors"): ``TypeError`` for an unknown key (with the closest valid one)
     or a non-numeric base-merger value; ``ValueError`` for a bad value, a schedule with some
@@ -136,7 +105,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         lines_alpha: Union[None, str, float] = None,
         lines_beta: Optional[float] = None,
         block_pattern: Union[None, str, Sequence[str]] = None,
-        rank_method: str = "exact",
+        diagnostics_precision: str = "exact",
         rank_cache: bool = True,
         rank_cache_dir: Optional[str] = None,
         cpu_linalg: str = "numpy",
@@ -155,35 +124,9 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                 )
             check_base_method_values(base_method)
         self.base_method = base_method
-        self.gate = choice("gate", gate, tuple(GATES))
-        self.tiers = tiers_value(tiers)
-        self.tier_assignment = choice("tier_assignment", tier_assignment, TIER_ASSIGNMENTS)
-        self.eta = real("eta", eta)
-        self.rho = real("rho", rho, minimum=0.0)
-        self.conflict = choice("conflict", conflict, CONFLICTS)
-        self.source = choice("source", source, SOURCES)
-        self.apply = choice("apply", apply, APPLIES)
-        self.non_block_scale = real("non_block_scale", non_block_scale, minimum=0.0)
-        self.amplitude = real("amplitude", amplitude, minimum=0.0)
-        self.steepness = real("steepness", steepness, positive=True)
-        self.min_scale = real("min_scale", min_scale, minimum=0.0, optional=True)
-        self.max_scale = real("max_scale", max_scale, minimum=0.0, optional=True)
-        if self.min_scale is not None and self.max_scale is not None and self.min_scale > self.max_scale:
-            raise ValueError(f"min_scale ({self.min_scale}) must be <= max_scale ({self.max_scale})")
-        self.lines_alpha = alpha_value("lines_alpha", lines_alpha)
-        self.lines_beta = real("lines_beta", lines_beta, optional=True)
-        self.block_pattern = block_pattern_value(block_pattern)
-        self.rank_method = choice("rank_method", rank_method, RANK_METHODS)
-        if not isinstance(rank_cache, bool):
-            raise TypeError(f"rank_cache must be true or false, got {rank_cache!r}")
-        self.rank_cache = rank_cache
-        if rank_cache_dir is not None and (not isinstance(rank_cache_dir, str) or not rank_cache_dir):
-            raise TypeError(f"rank_cache_dir must be null or a non-empty path string, got {rank_cache_dir!r}")
-        if rank_cache_dir is not None and not rank_cache:
-            raise ValueError(f"rank_cache_dir ({rank_cache_dir!r}) needs rank_cache: true")
-        self.rank_cache_dir = rank_cache_dir
-        self.cpu_linalg = choice("cpu_linalg", cpu_linalg, CPU_LINALG)
-        GATES[self.gate].check(GATES[self.gate].settings(self._gate_values()))
+        given = {name: value for name, value in locals().items() if name in SETTING_NAMES}
+        for name, value in check_settings(given).items():
+            setattr(self, name, value)
         self._base_run = self.base_method  # the merger as run() merges with it (see _base_for_run)
         self.schedule: Optional[LayerSchedule] = None
         self.record: Optional[Dict[str, Any]] = None
@@ -267,7 +210,7 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         # Pretrained ranks: the process-wide cache (optionally on disk), or one for this run
         # only (the T per-task calls of `source: task_vectors` still share it).
         rank_cache = process_rank_cache(self.rank_cache_dir) if self.rank_cache else {}
-        common = dict(device=device, rank_cache=rank_cache, dtype=rank_method_dtype(self.rank_method),
+        common = dict(device=device, rank_cache=rank_cache, dtype=precision_dtype(self.diagnostics_precision),
                       cpu_linalg=self.cpu_linalg)
         if self.conflict == "pairwise":
             keys = [k for block in layout.blocks for k in diagnostic_keys(block, theta0)]
@@ -289,29 +232,15 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
 
     def config_record(self) -> Dict[str, Any]:
         """The hyperparameters, JSON-ready."""
-        return {
-            "method": "larv",
-            "base_method": config_of(self.base_method),
-            **{key: getattr(self, key) for key in (
-                "gate", "tiers", "tier_assignment", "eta", "rho", "conflict", "source", "apply",
-                "non_block_scale", "amplitude", "steepness", "min_scale", "max_scale",
-                "lines_alpha", "lines_beta", "block_pattern", "rank_method", "rank_cache",
-                "rank_cache_dir", "cpu_linalg")},
-        }
+        return {"method": "larv", "base_method": config_of(self.base_method),
+                **{name: getattr(self, name) for name in SETTING_NAMES}}
 
     # ------------------------------------------------------------------ run
     # No torch.no_grad() around run(): some base mergers (WUDI) optimise with autograd.
     def run(self, modelpool: Union[BaseModelPool, DictConfig, Dict]):
         modelpool = checked_pool(modelpool)
-        if self.rank_cache and self.rank_cache_dir is not None:
-            process_rank_cache(self.rank_cache_dir)  # created and proven writable before any merge
         gate, merger = GATES[self.gate], merger_of(self.base_method)
-        path, self._base_run = self._path(gate, merger), self._base_for_run(gate, merger)
-        if path != self.apply:
-            log.info("LARV: apply %s runs as post (%s)", self.apply, "LiNeS rescales the merged update"
-                     if gate.post_only else f"{merger.label} is homogeneous per block: the same model, one merge")
-        self._rng_state = torch.random.get_rng_state()
-        self._cuda_rng_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        path = self._prepare(gate, merger)
         device = self.fabric.device if self._fabric_instance is not None else None
         with self.profile("load pretrained"):
             theta0, check_model = load_theta0(modelpool, self.base_method, device)
@@ -319,23 +248,19 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
         log.info("LARV: %d blocks (%s), %d parameters outside them", layout.num_blocks,
                  layout.blocks[0].prefix, len(layout.non_block_keys))
         settings = self._gate_values()
+        auto_alpha = gate.settings(settings).get("lines_alpha") == "auto"
         # Copies of in-memory input models are needed only where LARV rescales them, runs the
         # merger twice or reads them again after the merger (see watched_pool.watched_pool).
-        auto_alpha = gate.settings(settings).get("lines_alpha") == "auto"
         copy_inputs = path == "pre" or self.source == "task_vectors" or self.conflict == "pairwise" or auto_alpha
         handed_out: Dict[str, nn.Module] = {}
         watched = watched_pool(modelpool, theta0, copy_in_memory=copy_inputs, handed_out=handed_out,
                                check_model=check_model)
-        merged = None
-        if path == "post" or self.source == "merged":
-            merged = self._merge_once(watched, theta0, handed_out)
+        merged = self._merge_once(watched, theta0, handed_out) if path == "post" or self.source == "merged" else None
         with self.profile("diagnostics"), torch.no_grad():
             merged_state = float_state_dict(merged) if merged is not None else None
             diagnostics = self._diagnostics(watched, theta0, merged_state, layout, device)
-            if auto_alpha:  # LiNeS: ||Σ_t τ_t||_1 / (T ||τ_merged||_1), τ_merged at scale 1
-                states = (float_state_dict(watched.load_model(name)) for name in watched.model_names)
-                settings["lines_alpha"] = lines_alpha(task_sum_l1(states, theta0), task_sum_l1([merged_state], theta0),
-                                                      len(watched.model_names))
+            if auto_alpha:
+                settings["lines_alpha"] = self._lines_alpha(watched, theta0, merged_state)
             resolved = gate.settings(settings)
             schedule = build_schedule(
                 diagnostics, layout, eta=self.eta, rho=self.rho, gate=gate, settings=resolved,
@@ -351,6 +276,26 @@ class LARVAlgorithm(LightningFabricMixin, SimpleProfilerMixin, BaseAlgorithm):
                     "merging the rescaled fine-tuned models θ0 + λ ⊙ τ_t (apply: pre)")
         self._record(schedule, layout, path=path, gate_settings=resolved)
         return merged
+
+    def _prepare(self, gate: Gate, merger: Optional[Merger]) -> str:
+        """Before anything is loaded: the rank cache folder proven writable, the path this run
+        takes and the merger as it runs (:meth:`_path`, :meth:`_base_for_run`), the RNG state
+        every base-merger run starts from. Returns the path."""
+        if self.rank_cache and self.rank_cache_dir is not None:
+            process_rank_cache(self.rank_cache_dir)  # created and proven writable before any merge
+        path, self._base_run = self._path(gate, merger), self._base_for_run(gate, merger)
+        if path != self.apply:
+            log.info("LARV: apply %s runs as post (%s)", self.apply, "LiNeS rescales the merged update"
+                     if gate.post_only else f"{merger.label} is homogeneous per block: the same model, one merge")
+        self._rng_state = torch.random.get_rng_state()
+        self._cuda_rng_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return path
+
+    @staticmethod
+    def _lines_alpha(watched: BaseModelPool, theta0, merged_state) -> float:
+        """LiNeS's α: ||Σ_t τ_t||_1 / (T ||τ_merged||_1), τ_merged the merger's update at scale 1."""
+        states = (float_state_dict(watched.load_model(name)) for name in watched.model_names)
+        return lines_alpha(task_sum_l1(states, theta0), task_sum_l1([merged_state], theta0), len(watched.model_names))
 
     def _merge_once(self, watched: BaseModelPool, theta0, handed_out: Dict[str, nn.Module]) -> nn.Module:
         """The base merger's model, never aliasing the caller's modules; θ0 put back into an

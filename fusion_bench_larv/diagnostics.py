@@ -51,8 +51,8 @@ computed once, written straight into a preallocated batch buffer per size (at mo
 one batched ``eigvalsh`` on ``device`` if given. CPU work goes through one
 :class:`fusion_bench_larv.linalg.Linalg` backend (``cpu_linalg``), chosen once. Pretrained ranks
 can be memoised across runs (:mod:`fusion_bench_larv.rank_cache`). ``dtype=torch.float64`` is
-the exact path (``rank_method: exact``); ``dtype=torch.float32`` is the approximate mode
-(``rank_method: approximate``): its ``r_eff`` error against float64 is measured in
+the exact path (``diagnostics_precision: exact``); ``dtype=torch.float32`` is the approximate mode
+(``diagnostics_precision: approximate``): its ``r_eff`` error against float64 is measured in
 ``tests/test_diagnostics.py`` and docs/performance.md; it stays below 1e-6 relative on full-rank
 matrices but not on exactly rank-deficient updates (up to ~6e-5 measured), which is why it is
 not the default.
@@ -81,22 +81,22 @@ __all__ = [
     "BlockDiagnostics",
     "block_diagnostics",
     "combine_diagnostics",
-    "RANK_METHODS",
-    "rank_method_dtype",
+    "PRECISIONS",
+    "precision_dtype",
 ]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: ``exact``: float64 Gram matrices, eigenvalues and commutator products (the reference);
 #: ``approximate``: the same computation in float32 (measured error in docs/performance.md).
-RANK_METHODS: Tuple[str, ...] = ("exact", "approximate")
+PRECISIONS: Tuple[str, ...] = ("exact", "approximate")
 
 
-def rank_method_dtype(rank_method: str) -> torch.dtype:
-    """The computation precision of a ``rank_method`` (``exact``: float64, ``approximate``:
+def precision_dtype(diagnostics_precision: str) -> torch.dtype:
+    """The computation precision of a ``diagnostics_precision`` (``exact``: float64, ``approximate``:
     float32)."""
-    if rank_method not in RANK_METHODS:
-        raise ValueError(f"rank_method must be one of {list(RANK_METHODS)}, got {rank_method!r}")
-    return torch.float64 if rank_method == "exact" else torch.float32
+    if diagnostics_precision not in PRECISIONS:
+        raise ValueError(f"diagnostics_precision must be one of {list(PRECISIONS)}, got {diagnostics_precision!r}")
+    return torch.float64 if diagnostics_precision == "exact" else torch.float32
 
 
 # ---------------------------------------------------------------------------------------------

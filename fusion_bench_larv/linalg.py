@@ -1,7 +1,7 @@
 """Which library does the diagnostics' CPU linear algebra: one backend object, chosen once.
 
 ``cpu_linalg`` (a user key) names a backend; :func:`cpu_backend` turns the name into a
-:class:`Linalg` at the boundary, as ``rank_method`` becomes a dtype, and the diagnostics engine
+:class:`Linalg` at the boundary, as ``diagnostics_precision`` becomes a dtype, and the diagnostics engine
 only ever calls the object's methods.
 
 * ``numpy``: Gram products and eigenvalues through numpy (``matmul``, ``linalg.eigvalsh``: its

@@ -125,7 +125,7 @@ def make_larv(merger: str, fabric, args):
     from fusion_bench_larv.algorithm import LARVAlgorithm
     from fusion_bench_larv.defaults import BASE_MERGERS
 
-    algo = LARVAlgorithm(base_method=BASE_MERGERS[merger], rank_method=args.rank_method,
+    algo = LARVAlgorithm(base_method=BASE_MERGERS[merger], diagnostics_precision=args.diagnostics_precision,
                          rank_cache=args.rank_cache != "off", cpu_linalg=args.cpu_linalg)
     algo._fabric_instance = fabric
     return algo
@@ -194,7 +194,7 @@ def time_merger(merger: str, pool, fabric, args) -> Dict[str, float]:
 # ----------------------------------------------------------------------------- error
 @torch.no_grad()
 def approximate_error(merger: str, pool, fabric, args) -> Dict[str, float]:
-    """``rank_method: approximate`` against ``exact`` on this pool: the relative error of r_eff
+    """``diagnostics_precision: approximate`` against ``exact`` on this pool: the relative error of r_eff
     of every pretrained matrix and every merged update, of the block values e and c, and
     whether the per-block scales λ change."""
     from fusion_bench_larv.blocks import diagnostic_keys, find_blocks
@@ -215,7 +215,7 @@ def approximate_error(merger: str, pool, fabric, args) -> Dict[str, float]:
                 errors[kind].append(abs(approx - exact) / exact)
     records = {}
     for method in ("exact", "approximate"):
-        algo = make_larv(merger, fabric, argparse.Namespace(rank_method=method, rank_cache="off",
+        algo = make_larv(merger, fabric, argparse.Namespace(diagnostics_precision=method, rank_cache="off",
                                                             cpu_linalg=args.cpu_linalg))
         run_quietly(algo, pool)
         records[method] = algo.record["blocks"]
@@ -303,7 +303,7 @@ def parse_args(argv=None):
                         "float32; half precision needs a merger that supports it, e.g. on GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: keep)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rank-method", choices=("exact", "approximate"), default="exact")
+    p.add_argument("--diagnostics-precision", choices=("exact", "approximate"), default="exact")
     p.add_argument("--cpu-linalg", choices=("numpy", "torch"), default="numpy",
                    help="LARV's cpu_linalg: which BLAS/LAPACK computes the diagnostics on CPU")
     p.add_argument("--rank-cache", choices=("cold", "warm", "off"), default="cold",
@@ -314,7 +314,7 @@ def parse_args(argv=None):
                    help="dense-noise share of each update (Frobenius, before normalisation)")
     p.add_argument("--memory", action="store_true", help="also measure peaks in subprocesses")
     p.add_argument("--error", action="store_true",
-                   help="also measure rank_method=approximate against exact on this pool")
+                   help="also measure diagnostics_precision=approximate against exact on this pool")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--child", choices=("bare", "larv"), default=None, help=argparse.SUPPRESS)
@@ -335,7 +335,7 @@ def main(argv=None) -> None:
     child_argv = [
         "--backbone", args.backbone, "--layers", str(args.layers), "--tasks", str(args.tasks),
         "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads),
-        "--rank-method", args.rank_method, "--rank-cache", args.rank_cache, "--cpu-linalg", args.cpu_linalg,
+        "--diagnostics-precision", args.diagnostics_precision, "--rank-cache", args.rank_cache, "--cpu-linalg", args.cpu_linalg,
         "--update-rank", str(args.update_rank), "--noise", str(args.noise), "--seed", str(args.seed),
     ]
     build_start = time.perf_counter()
@@ -343,7 +343,7 @@ def main(argv=None) -> None:
     fabric = make_fabric(args.device)
     params = sum(p.numel() for p in pool._models["_pretrained_"].parameters())
     print(f"# {args.backbone} ({params / 1e6:.1f}M parameters) x {args.tasks} tasks, device "
-          f"{args.device}, torch threads {torch.get_num_threads()}, rank_method {args.rank_method}, "
+          f"{args.device}, torch threads {torch.get_num_threads()}, diagnostics_precision {args.diagnostics_precision}, "
           f"cpu_linalg {args.cpu_linalg}, "
           f"rank cache {args.rank_cache}; built in {time.perf_counter() - build_start:.1f} s",
           flush=True)
@@ -351,7 +351,7 @@ def main(argv=None) -> None:
     for merger in args.merger:
         row = {"backbone": args.backbone, "layers": args.layers or BACKBONES[args.backbone][2],
                "tasks": args.tasks, "merger": merger, "device": args.device,
-               "threads": torch.get_num_threads(), "rank_method": args.rank_method,
+               "threads": torch.get_num_threads(), "diagnostics_precision": args.diagnostics_precision,
                "cpu_linalg": args.cpu_linalg,
                "rank_cache": args.rank_cache, "repeats": args.repeats}
         if args.repeats > 0:
@@ -379,7 +379,7 @@ def main(argv=None) -> None:
             if args.device == "cuda":
                 fields += ["bare_peak_cuda_gib", "larv_peak_cuda_gib"]
         print("RESULT " + " ".join(f"{k}={row[k]}" for k in ("backbone", "tasks", "merger",
-                                                            "device", "threads", "rank_method",
+                                                            "device", "threads", "diagnostics_precision",
                                                             "cpu_linalg", "rank_cache"))
               + " " + " ".join(f"{k}={row[k]:.4g}" for k in fields), flush=True)
     if args.json:

@@ -304,7 +304,7 @@ def test_block_pattern_matching_nothing_raises(pools, no_output):
         (dict(block_pattern=r"layers\.\d+\."), "capture group"),
         (dict(block_pattern=r"layers\.(\d+"), "block_pattern"),
         (dict(cpu_linalg="mkl"), "cpu_linalg"),
-        (dict(rank_method="lanczos"), "rank_method"),
+        (dict(diagnostics_precision="lanczos"), "diagnostics_precision"),
     ],
 )
 def test_bad_hyperparameters_raise_naming_the_key(kwargs, match):

@@ -1,5 +1,5 @@
 """Issue 6 (LARV's cost next to its base merger): the benchmark script's CI smoke run, and the
-performance options of ``LARVAlgorithm`` (``rank_method``, ``rank_cache``, ``rank_cache_dir``).
+performance options of ``LARVAlgorithm`` (``diagnostics_precision``, ``rank_cache``, ``rank_cache_dir``).
 
 The exactness of the fast diagnostics path against the oracle is covered in
 tests/test_diagnostics.py.
@@ -97,7 +97,7 @@ def test_rank_cache_and_disk_cache_do_not_change_the_result(pools, tmp_path):
 
 def test_approximate_rank_method_is_close_to_exact(pools):
     _, exact = run_larv(pools(), rank_cache=False)
-    _, approx = run_larv(pools(), rank_method="approximate", rank_cache=False)
+    _, approx = run_larv(pools(), diagnostics_precision="approximate", rank_cache=False)
     for a, b in zip(approx.record["blocks"], exact.record["blocks"]):
         assert a["e"] == pytest.approx(b["e"], rel=1e-2)
         assert a["c"] == pytest.approx(b["c"], rel=1e-2)
@@ -106,7 +106,7 @@ def test_approximate_rank_method_is_close_to_exact(pools):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(rank_method="randomized"), ValueError, "rank_method"),
+        (dict(diagnostics_precision="randomized"), ValueError, "diagnostics_precision"),
         (dict(rank_cache="yes"), TypeError, "rank_cache"),
         (dict(rank_cache_dir=3), TypeError, "rank_cache_dir"),
         (dict(rank_cache_dir=""), TypeError, "rank_cache_dir"),

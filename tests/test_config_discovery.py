@@ -77,11 +77,11 @@ def test_our_primary_config_is_fusion_bench_s_with_modelpool_moved():
     ours = yaml.safe_load((REPO_CONFIG / "fabric_model_fusion.yaml").read_text())
     theirs = yaml.safe_load((_fusion_bench_config_dir() / "fabric_model_fusion.yaml").read_text())
     ours_defaults, theirs_defaults = ours.pop("defaults"), theirs.pop("defaults")
-    # our two additions (fusion_bench_larv/sweep.py): the per-job log dir and the callback
+    # our two additions (fusion_bench_larv/runs/sweep.py): the per-job log dir and the callback
     assert ours.pop("path") == {"log_dir": "${larv.job_log_dir:'${path.output_dir}/${hydra:job.config_name}/"
                                            "${now:%Y-%m-%d_%H-%M-%S}'}"}
     assert ours.pop("hydra") == {"callbacks": {"larv_sweep": {
-        "_target_": "fusion_bench_larv.sweep.LARVSweepCallback", "baseline": None}}}
+        "_target_": "fusion_bench_larv.runs.sweep.LARVSweepCallback", "baseline": None}}}
     # FusionBench's default log dir, which the resolver keeps outside a multirun
     fb_path = yaml.safe_load((_fusion_bench_config_dir() / "path" / "default.yaml").read_text())
     assert fb_path["log_dir"] == "${.output_dir}/${hydra:job.config_name}/${now:%Y-%m-%d_%H-%M-%S}"

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 
 from fusion_bench_larv.blocks import find_blocks
 from fusion_bench_larv.diagnostics import (
-    RANK_METHODS,
+    PRECISIONS,
     BlockDiagnostics,
     block_diagnostics,
     commutator_coefficient,
     effective_rank,
     rank_contrast,
-    rank_method_dtype,
+    precision_dtype,
 )
 from fusion_bench_larv.gates import composite_score, standardize
 from fusion_bench_larv.linalg import CPU_LINALG
@@ -418,8 +418,8 @@ def test_float32_effective_rank_error_measurement():
 
     Full-rank matrices stay within 1e-6 relative; rank-deficient ones do not (round-off
     eigenvalues of size ~1e-7 * sigma_max^2 enter the entropy), which is why float64 stays the
-    reference precision (``rank_method: exact``) and float32 is only offered as the explicit
-    ``rank_method: approximate``.
+    reference precision (``diagnostics_precision: exact``) and float32 is only offered as the explicit
+    ``diagnostics_precision: approximate``.
     """
     g = torch.Generator().manual_seed(8)
     full_rank_errors, low_rank_errors = [], []
@@ -535,12 +535,12 @@ def test_process_rank_cache_is_shared(tmp_path):
     assert process_rank_cache(tmp_path) is not process_rank_cache()
 
 
-def test_rank_method_dtype():
-    assert RANK_METHODS == ("exact", "approximate")
-    assert rank_method_dtype("exact") == torch.float64
-    assert rank_method_dtype("approximate") == torch.float32
-    with pytest.raises(ValueError, match="rank_method"):
-        rank_method_dtype("randomized")
+def test_precision_dtype():
+    assert PRECISIONS == ("exact", "approximate")
+    assert precision_dtype("exact") == torch.float64
+    assert precision_dtype("approximate") == torch.float32
+    with pytest.raises(ValueError, match="diagnostics_precision"):
+        precision_dtype("randomized")
 
 
 def test_approximate_mode_error_against_exact(model):

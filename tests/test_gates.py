@@ -163,3 +163,23 @@ def test_identity_and_num_blocks_validation():
         linear_depth_scales(True)
     with pytest.raises(ValueError, match="alpha"):
         linear_depth_scales(3, alpha=NAN)
+
+
+def test_the_ramp_refuses_an_unresolved_auto_alpha():
+    """``lines_alpha: auto`` is resolved from the models (gates.lines_alpha) before the rule runs;
+    a rule handed the word itself refuses instead of ramping from a string."""
+    from fusion_bench_larv.gate_table import GATES
+
+    scores = torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="lines_alpha 'auto' must be resolved"):
+        GATES["lines"].scales(scores, torch.ones(4, dtype=torch.bool), {"lines_alpha": "auto", "lines_beta": 1.0})
+    lam, tier = GATES["lines"].scales(scores, torch.ones(4, dtype=torch.bool), {"lines_alpha": 0.25, "lines_beta": 0.75})
+    assert lam.tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0]) and tier is None
+
+
+@pytest.mark.parametrize("value, expected", [(1, True), ("2.5", True), (float("nan"), False), (None, False),
+                                             ("", False), ("abc", False), ([1], False)])
+def test_plots_draw_only_finite_numbers(value, expected):
+    from fusion_bench_larv.plots import finite
+
+    assert finite(value) is expected

@@ -523,6 +523,6 @@ def test_every_file_we_write_follows_the_umask(filled_cache, tmp_path, umask_027
 
 def test_programs_write_job_records_with_the_shared_helper():
     import fusion_bench_larv.atomic as atomic
-    import fusion_bench_larv.paper.programs as programs
+    import fusion_bench_larv.runs.programs as programs
 
     assert programs.atomic_write_json is atomic.atomic_write_json

@@ -30,10 +30,9 @@ ALIASES = [f"{b}_{s}" for b in CLIP_BACKBONES for s in NUM_TASKS]
 
 
 def task_results(report: dict) -> Dict[str, dict]:
-    """The task pool's entries of ``program_report.json``, in either layout: FusionBench's flat
-    ``{task: ..., "average": ...}`` or ``{"model": {task: ..., "average": ...}, "larv": ...}``."""
-    inner = report.get("model")
-    return inner if isinstance(inner, dict) and "average" in inner else report
+    """The task pool's entries of ``program_report.json`` (FusionBench's flat layout
+    ``{task: ..., "average": ...}``; ``model_info`` is not a dict of scores)."""
+    return report
 
 
 def reported_tasks(report: dict) -> List[str]:

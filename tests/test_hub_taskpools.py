@@ -73,7 +73,7 @@ def test_glue_pool_composes_with_fusionbench_cache_dir():
 
 
 def test_glue_average_skips_nan_scores():
-    from fusion_bench_larv.glue import glue_average
+    from fusion_bench_larv.taskpools.flan_t5_glue import glue_average
 
     report = {"cola": {"accuracy": 0.5}, "rte": {"accuracy": 0.25}, "stsb": {"spearman_rho": float("nan")}}
     assert glue_average(report, ["cola", "rte", "stsb"]) == {"score": 0.375, "num_scored": 2}
@@ -87,7 +87,7 @@ def test_glue_cache_is_keyed_by_tokenizer(hub_cache, tmp_path, monkeypatch):
     """Two tokenizers, one cache folder: each reads its own token ids (FusionBench's key is the task)."""
     import datasets
 
-    from fusion_bench_larv.glue import FlanT5GLUETaskPool
+    from fusion_bench_larv.taskpools.flan_t5_glue import FlanT5GLUETaskPool
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hub_cache.hf_home / "datasets")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
@@ -106,7 +106,7 @@ def test_glue_cache_is_keyed_by_tokenizer(hub_cache, tmp_path, monkeypatch):
 
 
 def test_glue_pool_rejects_unknown_task():
-    from fusion_bench_larv.glue import FlanT5GLUETaskPool
+    from fusion_bench_larv.taskpools.flan_t5_glue import FlanT5GLUETaskPool
 
     with pytest.raises(ValueError, match="unknown GLUE task 'wnli'"):
         FlanT5GLUETaskPool(tasks=[{"name": "wnli", "dataset": {"name": "wnli", "split": "validation"}}],

@@ -11,11 +11,12 @@ from conftest import compose_config
 from fusion_bench.utils import instantiate
 from fusion_bench_larv.algorithm import LARV_METHODS, LARVAlgorithm
 from fusion_bench_larv.defaults import BASE_MERGERS
+from fusion_bench_larv.runs import summary
+from fusion_bench_larv.settings import SETTING_NAMES, SETTINGS, SWEEP_KEYS
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 METHOD_CONFIGS = sorted(p.stem for p in (REPO_CONFIG / "method").glob("larv_*.yaml"))
-LARV_KEYS = [p for p in inspect.signature(LARVAlgorithm.__init__).parameters
-             if p not in ("self", "base_method", "kwargs")]
+LARV_KEYS = list(SETTING_NAMES)
 
 
 def compose_method(name, *overrides):
@@ -34,12 +35,9 @@ def test_config_composes_and_instantiates(name):
     cfg = compose_method(name)
     algo = instantiate(cfg, _recursive_=False)
     assert type(algo) is LARV_METHODS[name]
-    # the YAML's defaults are the code's defaults (one source of truth, repeated for Hydra)
-    defaults = inspect.signature(LARVAlgorithm.__init__).parameters
-    for key in LARV_KEYS:
-        expected = defaults[key].default
-        value = OmegaConf.to_container(cfg)[key]
-        assert (list(expected) if isinstance(expected, tuple) else expected) == value, key
+    # the YAML's defaults are the declaration's (one source of truth, repeated for Hydra)
+    for setting in SETTINGS:
+        assert OmegaConf.to_container(cfg)[setting.name] == setting.default, setting.name
     # the base merger and its hyperparameters are the registry's
     assert OmegaConf.to_container(cfg.base_method) == BASE_MERGERS[name[len("larv_"):]]
 
@@ -67,3 +65,29 @@ def test_bad_value_from_the_command_line_names_the_key():
     with pytest.raises(ValueError, match=r"gate must be one of \['tiered', 'continuous', 'linear_depth', "
                                          r"'lines', 'identity'\], got 'stepwise'"):
         instantiate(cfg, _recursive_=False)
+
+
+def test_the_settings_are_declared_once_and_everything_agrees_with_the_declaration():
+    """settings.SETTINGS is the one declaration: the signature, the shared YAML, the record, the
+    sweep table's keys and the README's config reference follow it."""
+    params = inspect.signature(LARVAlgorithm.__init__).parameters
+    assert [p for p in params if p not in ("self", "base_method", "kwargs")] == list(SETTING_NAMES)
+    for s in SETTINGS:
+        default = params[s.name].default
+        assert (list(default) if isinstance(default, tuple) else default) == s.default, s.name
+        assert s.check(s.default) == s.default, s.name  # every default passes its own check
+        assert s.whose in ("paper", "LiNeS", "ours") and s.help, s.name
+    yaml = OmegaConf.to_container(OmegaConf.load(REPO_CONFIG / "method" / "larv" / "_defaults.yaml"))
+    assert list(yaml) == list(SETTING_NAMES)
+    assert list(LARV_METHODS["larv_iso_c"]().config_record()) == ["method", "base_method", *SETTING_NAMES]
+    assert summary.LARV_KEYS == SWEEP_KEYS and set(SWEEP_KEYS) < set(SETTING_NAMES)
+    readme = (REPO_CONFIG.parent / "README.md").read_text()
+    reference = readme[readme.index("## Config reference"):readme.index("## Layout")]
+    for s in SETTINGS:
+        assert f"`{s.name}`" in reference, s.name
+
+
+def test_a_renamed_key_points_to_its_new_name():
+    with pytest.raises(TypeError, match=r"unknown key 'rank_method' = 'approximate' \(did you mean "
+                                        r"'diagnostics_precision'\? It was renamed\.\)"):
+        LARV_METHODS["larv_iso_c"](rank_method="approximate")

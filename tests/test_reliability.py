@@ -20,9 +20,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import OFFLINE_ENV, fusion_bench_executable, tiny_recipe
-from fusion_bench_larv import atomic, sweep
+from fusion_bench_larv import atomic
+from fusion_bench_larv.runs import summary, sweep
 from fusion_bench_larv.atomic import atomic_dir, atomic_write_json
-from fusion_bench_larv.synth import build as build_mod
+from fusion_bench_larv.synth import build as build_mod, datasets as datasets_mod
 from fusion_bench_larv.synth import digests
 from fusion_bench_larv.synth.build import Assets, build, ensure, new_manifest
 from fusion_bench_larv.synth.tasks import TASK_NAMES
@@ -192,7 +193,7 @@ def test_other_faults_of_a_cache_folder(clean, tmp_path, caplog):
 
 
 def test_a_full_disk_during_a_build_is_an_error_and_the_rerun_completes(clean, tmp_path, monkeypatch):
-    real = build_mod._save_dataset
+    real = datasets_mod.save_dataset
     calls = []
 
     def full_disk(*args, **kwargs):
@@ -201,7 +202,7 @@ def test_a_full_disk_during_a_build_is_an_error_and_the_rerun_completes(clean, t
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(build_mod, "_save_dataset", full_disk)
+    monkeypatch.setattr(datasets_mod, "save_dataset", full_disk)
     with pytest.raises(OSError, match="No space left on device"):
         build(TASKS, cache_dir=tmp_path, recipe=RECIPE)
     assets = Assets(tmp_path, 0)
@@ -215,7 +216,7 @@ def test_a_full_disk_during_a_build_is_an_error_and_the_rerun_completes(clean, t
 # --- killed builds -------------------------------------------------------------------------
 KILLED_BUILD = """
 import json, os, signal, sys
-from fusion_bench_larv.synth import build as B, model as M
+from fusion_bench_larv.synth import build as B, datasets as D, model as M
 from fusion_bench_larv.synth.build import Recipe
 
 cache, stage, recipe = sys.argv[1], sys.argv[2], Recipe(**json.loads(sys.argv[3]))
@@ -230,7 +231,7 @@ def dying(real, at):
     return wrapper
 
 if stage == "datasets":      # the second task's dataset, before its first split is written
-    B._save_dataset = dying(B._save_dataset, 4)
+    D.save_dataset = dying(D.save_dataset, 4)
 elif stage == "pretraining":  # the tokenizer is written into the temporary folder, the model not yet
     M.pretrain = dying(M.pretrain, 1)
 elif stage == "tower":        # the first tower is in place, the second is being fine-tuned
@@ -308,10 +309,10 @@ def test_a_damaged_job_record_is_a_row_that_says_so(tmp_path):
     for num, text in ((0, json.dumps({"job_num": 0, "status": "failed", "overrides": ["method.eta=1"],
                                       "error": "ValueError: x"})), (1, '{"job_num": 1, "stat')):
         (tmp_path / str(num)).mkdir()
-        (tmp_path / str(num) / sweep.JOB_RECORD).write_text(text)
-    rows = sweep.write_sweep_summary(tmp_path)["rows"]
+        (tmp_path / str(num) / summary.JOB_RECORD).write_text(text)
+    rows = summary.write_sweep_summary(tmp_path)["rows"]
     assert [(r["job"], r["status"]) for r in rows] == [(0, "failed"), (1, "unreadable record")]
-    assert rows[1]["error"] == f"{tmp_path / '1' / sweep.JOB_RECORD} cannot be read as a job record"
+    assert rows[1]["error"] == f"{tmp_path / '1' / summary.JOB_RECORD} cannot be read as a job record"
 
 
 @pytest.mark.slow

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config
-from fusion_bench_larv import job_reports
+from fusion_bench_larv.runs import programs, reports as job_reports
 from fusion_bench_larv.paper import jobs as paper_jobs
-from fusion_bench_larv.paper import programs, reproduce
-from fusion_bench_larv.paper.experiments import MERGERS
+from fusion_bench_larv.paper import reproduce
+from fusion_bench_larv.paper.experiments import MERGERS, build_jobs, experiment_args
 
 REPO = Path(__file__).resolve().parents[1]
 ALIASES8 = ["clip-vit-base-patch32_TA8", "clip-vit-base-patch16_TA8", "clip-vit-large-patch14_TA8"]
@@ -62,9 +62,11 @@ def expand(cmd):
     args = shlex.split(cmd)
     assert args[:2] == ["fusion_bench", "--multirun"], cmd
     axes = []
+    experiments = [a for a in args if a.startswith("+experiment=")]
+    assert len(experiments) == 1, cmd  # every job's job.json names its experiment
     for a in args[2:]:
         k, v = a.split("=", 1)
-        if k.startswith("hydra") or k in ("_target_", "path.log_dir"):
+        if k.startswith("hydra") or k in ("_target_", "path.log_dir", "+experiment"):
             continue
         vals = split_top_level(v) if k in SWEEPABLE else [v]
         axes.append([(k, x) for x in vals])
@@ -126,7 +128,7 @@ def test_main_table_is_36_runs(capsys):
     iso = [j for j in jobs if j["method"] == "isotropic_merging/iso_c"]
     assert {j["method.scaling_factor"] for j in iso} == {"1.5"}
     for c in commands:
-        assert "_target_=fusion_bench_larv.paper.programs.ResumableFusionProgram" in c
+        assert "_target_=fusion_bench_larv.runs.programs.ResumableFusionProgram" in c
         assert "${hydra:job.override_dirname}" in c
 
 
@@ -242,8 +244,12 @@ def test_tinyclip_suite(capsys):
     assert len(jobs) == 8 + 14
     assert {j["method"] for j in jobs} == {"dummy"}
     assert len({j["modelpool.individual"] for j in jobs if j["modelpool"] == "tinyclip_synth14"}) == 14
-    with pytest.raises(SystemExit):  # robustness and generalization: tests/test_robustness_offline.py
+    with pytest.raises(SystemExit) as usage:  # robustness and generalization: tests/test_robustness_offline.py
         reproduce.main(["nlp", "--suite", "tinyclip", "--dry-run"])
+    assert usage.value.code == 2 and "nlp: needs FusionBench's real checkpoints" in capsys.readouterr().err
+    # the library says it with a ValueError (the CLI turns it into a usage error)
+    with pytest.raises(ValueError, match="nlp: needs FusionBench's real checkpoints"):
+        build_jobs("nlp", experiment_args("nlp", reproduce.build_parser().parse_args(["nlp", "--suite", "tinyclip"])))
 
 
 def test_launcher_and_plumbing_flags(capsys):

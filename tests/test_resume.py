@@ -8,9 +8,9 @@ import subprocess
 
 from conftest import OFFLINE_ENV, fusion_bench_executable
 from fusion_bench_larv import __version__
-from fusion_bench_larv.paper import programs
+from fusion_bench_larv.runs import programs
 
-PROGRAM = "_target_=fusion_bench_larv.paper.programs.ResumableFusionProgram"
+PROGRAM = "_target_=fusion_bench_larv.runs.programs.ResumableFusionProgram"
 
 
 def run_job(tiny_synth, log_dir, *overrides):

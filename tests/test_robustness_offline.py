@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import compose_config
-from fusion_bench_larv.paper import collect, reproduce, tables
+from fusion_bench_larv.paper import labels, reproduce, tables
 from fusion_bench_larv.paper.experiments import CLEAN
 from fusion_bench_larv.paper.experiments import CORRUPTIONS as PAPER_CORRUPTIONS
 from fusion_bench_larv.synth import corrupted, corruptions
@@ -160,9 +160,9 @@ def test_generalization_pools_merge_six_and_evaluate_all_eight(exp):
     cfg = _compose(f"modelpool=tinyclip_synth8_generalization_{exp}")
     merged, evaluated = list(cfg.modelpool.tasks), list(cfg.taskpool.tasks)
     assert len(merged) == 6 and evaluated == list(SUITES[8])
-    unseen = {collect.norm_task(t) for t in evaluated if t not in merged}
-    assert unseen == collect.TINYCLIP_GENERALIZATION_UNSEEN[exp] and len(unseen) == 2
-    assert all(collect.generalization_seen("TinyCLIP", exp, t) == (t in merged) for t in evaluated)
+    unseen = {labels.norm_task(t) for t in evaluated if t not in merged}
+    assert unseen == labels.TINYCLIP_GENERALIZATION_UNSEEN[exp] and len(unseen) == 2
+    assert all(labels.generalization_seen("TinyCLIP", exp, t) == (t in merged) for t in evaluated)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_generalization_table_splits_seen_and_unseen(tmp_path):
     root = tmp_path / "runs"
     tasks8 = list(SUITES[8])
     for exp in ("exp1", "exp2"):
-        accs = {t: (0.8 if collect.generalization_seen("TinyCLIP", exp, t) else 0.4) for t in tasks8}
+        accs = {t: (0.8 if labels.generalization_seen("TinyCLIP", exp, t) else 0.4) for t in tasks8}
         write_job(root, f"tinyclip_synth8_generalization_{exp}", "iso_c", bare_overrides("iso_c"), accs)
         write_job(root, f"tinyclip_synth8_generalization_{exp}", "larv_iso_c", [],
                   {t: a + 0.05 for t, a in accs.items()}, larv=larv_record())

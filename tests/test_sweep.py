@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import OFFLINE_ENV, fusion_bench_executable
-from fusion_bench_larv import plots, sweep
+from fusion_bench_larv.runs import heatmap, summary, sweep
 
 TIERS_2X2 = ["[0.6,0.8,1.2]", "[0.6,0.8,1.4]", "[0.6,1.0,1.2]", "[0.6,1.0,1.4]"]
 
@@ -136,7 +136,7 @@ def _records(tmp_path, jobs):
         report = None if avg is None else {"a": {"accuracy": avg, "loss": 1.0}, "average": {"accuracy": avg, "loss": 1.0}}
         if report is not None:
             (job_dir / "program_report.json").write_text(json.dumps(report))
-        (job_dir / sweep.JOB_RECORD).write_text(json.dumps(dict(
+        (job_dir / summary.JOB_RECORD).write_text(json.dumps(dict(
             job_num=num, status="failed" if avg is None else "completed", overrides=overrides, larv=False,
             log_dir=str(job_dir), report=str(job_dir / "program_report.json"), output_dir=str(job_dir),
             error=None if avg is not None else "ValueError: boom")))
@@ -147,7 +147,7 @@ def test_heatmap_over_two_numeric_method_keys_without_baseline(tmp_path):
             for k, e in enumerate((0.5, 1.0)) for j, r in enumerate((0.0, 0.5, 1.0))]
     jobs[4] = (jobs[4][0], None)  # eta=1.0, rho=0.5 failed
     _records(tmp_path, jobs)
-    result = sweep.write_sweep_summary(tmp_path)
+    result = summary.write_sweep_summary(tmp_path)
     assert result["swept"] == ["method.eta", "method.rho"]
     data = png_heatmap(tmp_path / "sweep_heatmap.png")
     assert (data["rows"], data["columns"], data["quantity"]) == ("method.eta", "method.rho", "average accuracy (%)")
@@ -157,10 +157,10 @@ def test_heatmap_over_two_numeric_method_keys_without_baseline(tmp_path):
     assert [v for line in data["values"] for v in line if v is not None] == pytest.approx(
         [v for line in expected for v in line if v is not None])
     # the figure itself: the drawn image is that matrix, and the failed cell is marked missing
-    fig = plots.tier_figure(data["row_values"], data["column_values"], data["values"], "t", centered=False)
+    fig = heatmap.tier_figure(data["row_values"], data["column_values"], data["values"], "t", centered=False)
     drawn = np.ma.asarray(fig.axes[0].images[0].get_array())
     assert drawn[0, 2] == pytest.approx(expected[0][2]) and np.ma.getmaskarray(drawn)[1, 1]
-    assert plots.MISSING in [t.get_text() for t in fig.axes[0].texts]
+    assert heatmap.MISSING in [t.get_text() for t in fig.axes[0].texts]
 
 
 @pytest.mark.parametrize("overrides, drawn", [
@@ -171,7 +171,7 @@ def test_heatmap_over_two_numeric_method_keys_without_baseline(tmp_path):
 ])
 def test_heatmap_only_for_a_two_dimensional_grid(tmp_path, overrides, drawn):
     _records(tmp_path, [(o, 0.5) for o in overrides])
-    result = sweep.write_sweep_summary(tmp_path)
+    result = summary.write_sweep_summary(tmp_path)
     assert (result["heatmap"] is not None) == drawn == (tmp_path / "sweep_heatmap.png").exists()
 
 
@@ -187,7 +187,7 @@ def test_run_summary_lines():
     report = {"a": {"accuracy": 0.25}, "b": {"accuracy": 0.5}, "average": {"accuracy": 0.375}}
     record = {"base_method": {"_target_": "fusion_bench.method.ISO_C_Merge", "scaling_factor": 1.5},
               "gate": "tiered", "tiers": [0.6, 1.0, 1.2], "blocks": [{"scale": 0.6}, {"scale": 1.0}, {"scale": 1.2}]}
-    lines = sweep.run_summary_lines(report, record, Path("/x"), Path("/x/program_report.json"))
+    lines = summary.run_summary_lines(report, record, Path("/x"), Path("/x/program_report.json"))
     assert lines[0] == "LARV run summary: ISO_C_Merge(scaling_factor=1.5) + LARV (gate=tiered, tiers=[0.6, 1.0, 1.2])"
     assert lines[1:4] == ["  average accuracy: 37.50 %", "    a: 25.00 %", "    b: 50.00 %"]
     assert lines[4] == "  λ per block (0..2, shallow to deep): 0.6 1 1.2"
@@ -199,7 +199,7 @@ def test_run_summary_names_the_merger_as_run_and_the_gate_settings_used():
               "base_method_used": {"_target_": "fusion_bench.method.TaskArithmeticAlgorithm", "scaling_factor": 1.0},
               "gate": "lines", "gate_settings": {"lines_alpha": 0.12500000001, "lines_beta": 1.0},
               "apply": "pre", "apply_used": "post", "blocks": [{"scale": 0.125}, {"scale": 1.125}]}
-    lines = sweep.run_summary_lines({"average": {"accuracy": 0.5}}, record, Path("/x"), None)
+    lines = summary.run_summary_lines({"average": {"accuracy": 0.5}}, record, Path("/x"), None)
     assert lines[0] == ("LARV run summary: TaskArithmeticAlgorithm(scaling_factor=1.0) + LARV (gate=lines, "
                         "lines_alpha=0.125, lines_beta=1, apply=pre (run as post))")
 
@@ -207,10 +207,10 @@ def test_run_summary_names_the_merger_as_run_and_the_gate_settings_used():
 def test_jobs_that_shared_a_log_dir_show_no_results(tmp_path, caplog):
     _records(tmp_path, [(["method.eta=1"], 0.5), (["method.eta=2"], 0.6), (["method.eta=3"], 0.7)])
     for num in (0, 1):  # jobs 0 and 1 wrote into one folder (a fixed path.log_dir=...)
-        rec = json.loads((tmp_path / str(num) / sweep.JOB_RECORD).read_text())
+        rec = json.loads((tmp_path / str(num) / summary.JOB_RECORD).read_text())
         rec.update(log_dir=str(tmp_path / "shared"), report=str(tmp_path / "1" / "program_report.json"))
-        (tmp_path / str(num) / sweep.JOB_RECORD).write_text(json.dumps(rec))
-    rows = sweep.write_sweep_summary(tmp_path)["rows"]
+        (tmp_path / str(num) / summary.JOB_RECORD).write_text(json.dumps(rec))
+    rows = summary.write_sweep_summary(tmp_path)["rows"]
     assert [(r["status"], r.get("average")) for r in rows] == [
         ("completed, shared log dir", None), ("completed, shared log dir", None), ("completed", 0.7)]
     assert "Jobs [0, 1] share path.log_dir" in caplog.text

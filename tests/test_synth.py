@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from fusion_bench_larv.synth import build as build_mod
+from fusion_bench_larv.synth import datasets as datasets_mod
 from fusion_bench_larv.synth import model as model_mod
 from fusion_bench_larv.synth.build import Assets, Recipe, build, default_cache_dir, ensure
 from fusion_bench_larv.synth.tasks import SUITES, TASK_NAMES, TASKS, generate, prompts, suite_tasks
@@ -222,7 +223,8 @@ def test_build_is_resumable_and_rebuilds_only_what_is_missing(tmp_path, monkeypa
     def forbidden(*args, **kwargs):
         raise AssertionError("nothing should be rebuilt")
 
-    monkeypatch.setattr(build_mod, "generate", forbidden)
+    monkeypatch.setattr(build_mod, "generate", forbidden)  # pretraining images
+    monkeypatch.setattr(datasets_mod, "generate", forbidden)  # the datasets
     monkeypatch.setattr(model_mod, "pretrain", forbidden)
     monkeypatch.setattr(model_mod, "finetune", forbidden)
     assert build(tasks, cache_dir=tmp_path, recipe=recipe).missing(tasks) == []
@@ -238,7 +240,8 @@ def test_build_is_resumable_and_rebuilds_only_what_is_missing(tmp_path, monkeypa
         calls.append(kwargs.get("desc"))
         return real_finetune(*args, **kwargs)
 
-    monkeypatch.setattr(build_mod, "generate", forbidden)
+    monkeypatch.setattr(build_mod, "generate", forbidden)  # pretraining images
+    monkeypatch.setattr(datasets_mod, "generate", forbidden)  # the datasets
     monkeypatch.setattr(model_mod, "pretrain", forbidden)
     monkeypatch.setattr(model_mod, "finetune", counting)
     build(tasks, cache_dir=tmp_path, recipe=recipe)

@@ -14,20 +14,16 @@ from pathlib import Path
 import pytest
 
 from fusion_bench_larv.paper import tables
-from fusion_bench_larv.paper.collect import GENERALIZATION_SEEN
+from fusion_bench_larv.paper.labels import GENERALIZATION_SEEN
 from fusion_bench_larv.paper.experiments import GATE_VARIANTS, MERGERS
 
 TASKS8 = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
 
 
 def write_job(root: Path, modelpool: str, method: str, overrides=(), accs=None, larv=None, extra=None,
-              report_extra=None, with_job_json=True, layout="flat"):
-    """One job folder; ``accs`` = {task: accuracy}; returns the folder.
-
-    ``layout``: ``flat`` (this version: FusionBench's flat report, the LARV record in
-    ``larv_layers.json``) or ``nested`` (earlier versions' LARV reports: ``{"model": <report>,
-    "larv": <record>}``, no ``larv_layers.json``).
-    """
+              report_extra=None, with_job_json=True):
+    """One job folder (FusionBench's report, the LARV record in ``larv_layers.json``);
+    ``accs`` = {task: accuracy}; returns the folder."""
     name = ",".join(sorted(overrides)) or "_"
     d = root / modelpool / method / name
     d.mkdir(parents=True, exist_ok=True)
@@ -37,10 +33,7 @@ def write_job(root: Path, modelpool: str, method: str, overrides=(), accs=None, 
             report[t] = {"accuracy": a, "loss": 1.0 - a}
         report["average"] = {"accuracy": sum(accs.values()) / len(accs), "loss": 0.5}
     report["model_info"] = {"trainable_params": 1, "all_params": 1, "trainable_percentage": 1.0}
-    if larv is not None and layout == "nested":
-        # what FusionBench wrote for a method returning {"model": merged, "larv": record}
-        report = {"model": report, "larv": larv}
-    elif larv is not None:
+    if larv is not None:
         (d / "larv_layers.json").write_text(json.dumps(larv))
     report.update(report_extra or {})
     meta = {"overrides": [f"modelpool={modelpool}", f"method={method}", *overrides],
@@ -69,12 +62,10 @@ def uniform(acc, tasks=TASKS8):
     return {t: acc for t in tasks}
 
 
-@pytest.fixture(params=["flat", "nested"])
-def tree(tmp_path, request):
-    """Main table on two backbones (one missing +LARV cell), gates, tier grid, corruption, individual;
-    in the current report layout and in the nested one of earlier LARV reports (both are read)."""
+@pytest.fixture
+def tree(tmp_path):
+    """Main table on two backbones (one missing +LARV cell), gates, tier grid, corruption, individual."""
     root = tmp_path / "runs"
-    write_job = lambda *a, **k: globals()["write_job"](*a, layout=request.param, **k)
     # main table: B/32 and B/16, task arithmetic and iso_c; B/16 iso_c + LARV missing on purpose
     vals = {("b32", "task_arithmetic"): (0.680, 0.702), ("b32", "iso_c"): (0.828, 0.859),
             ("b16", "task_arithmetic"): (0.771, 0.780), ("b16", "iso_c"): (0.850, None)}
@@ -313,7 +304,7 @@ def test_nlp_table_shows_nan_and_averages_the_scored_tasks(tmp_path):
             "average": {"score": 0.5, "num_scored": 3}}
     write_job(root, nlp, "simple_average", [taskpool], None, report_extra=bare)
     write_job(root, nlp, "larv_simple_average", [taskpool, "method.block_pattern=t5"], None,
-              report_extra={"model": ours, "larv": larv_record()})
+              report_extra=ours, larv=larv_record())
     tables.make_tables(root, tmp_path / "out")
     md = (tmp_path / "out" / "tables.md").read_text()
     nlp_t = [b for b in md.split("### ") if b.startswith("Flan-T5")][0]

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 import fusion_bench.taskpool.clip_vision.taskpool as fb_clip_taskpool
 from fusion_bench.models.hf_clip import HFCLIPClassifier
-from fusion_bench_larv.taskpool import CLIPClassificationTaskPool
+from fusion_bench_larv.taskpools.clip_classification import CLIPClassificationTaskPool
 
 DUMMY_DATASET = DictConfig({"_target_": "datasets.load_from_disk", "dataset_path": "never-loaded"})
 

@@ -22,7 +22,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from fusion_bench_larv.atomic import atomic_dir
-from fusion_bench_larv.synth import build as build_mod
+from fusion_bench_larv.synth import build as build_mod, datasets as datasets_mod
 from fusion_bench_larv.synth import model as model_mod
 from fusion_bench_larv.synth.build import VAL_FRACTION, Assets, Recipe, build
 from fusion_bench_larv.synth.shipped import ShippedAssets
@@ -37,7 +37,7 @@ HANDWRITTEN = "handwritten_digits"
 
 
 def _split_images(assets: Assets, task: str, split: str) -> set:
-    return {bytes(x) for x in build_mod._load_split(assets, task, split)[0]}
+    return {bytes(x) for x in datasets_mod.load_split(assets, task, split)[0]}
 
 
 # --- tinyclip_synth: what the validation splits are ---------------------------------------------
@@ -46,7 +46,7 @@ def test_every_task_of_a_down_sized_build_has_a_disjoint_deterministic_val_split
     assets = build(list(TASK_NAMES), cache_dir=tmp_path, recipe=recipe)
     assert recipe.n_val == int(recipe.n_train * VAL_FRACTION) == 6
     for task in TASK_NAMES:
-        val = build_mod._load_split(assets, task, "val")
+        val = datasets_mod.load_split(assets, task, "val")
         assert len(val[0]) == recipe.n_val, task
         # the split is the generator's own "val" stream: the same for this seed, another for seed 1
         expected = generate(task, "val", recipe.n_val, seed=0)
@@ -118,6 +118,7 @@ def test_default_recipe_still_copies_the_shipped_weights_unchanged(tmp_path, mon
     assert source.matches(build_mod.MANIFEST_VERSION, Recipe().to_dict())  # n_val is not recorded
     assert "n_val" not in Recipe().to_dict()
     monkeypatch.setattr(build_mod, "generate", _fake_generate)
+    monkeypatch.setattr(datasets_mod, "generate", _fake_generate)
     monkeypatch.setattr(model_mod, "pretrain", _forbidden)
     monkeypatch.setattr(model_mod, "finetune", _forbidden)
     assets = build(list(SUITES[8]), cache_dir=tmp_path, recipe=Recipe())
@@ -146,14 +147,14 @@ def test_a_cache_without_val_splits_gets_them_on_use_and_a_fresh_handwritten_tes
         shutil.rmtree(assets.data(task, "val"))
     old_test = assets.data(HANDWRITTEN, "test")
     shutil.rmtree(old_test)
-    build_mod._save_dataset(np.zeros((3, 32, 32, 3), np.uint8), np.arange(3), [str(d) for d in range(10)], old_test)
+    datasets_mod.save_dataset(np.zeros((3, 32, 32, 3), np.uint8), np.arange(3), [str(d) for d in range(10)], old_test)
     before = {t: _arrow_digests(assets.data(t)) for t in tasks}
     weights = {p: p.read_bytes() for p in assets.root.rglob("model.safetensors")}
     assert assets.missing(tasks) == ["data/shapes/val", f"data/{HANDWRITTEN}"]
 
     drawn = []
-    real_generate = build_mod.generate
-    monkeypatch.setattr(build_mod, "generate", lambda t, s, *a, **k: drawn.append((t, s)) or real_generate(t, s, *a, **k))
+    real_generate = datasets_mod.generate
+    monkeypatch.setattr(datasets_mod, "generate", lambda t, s, *a, **k: drawn.append((t, s)) or real_generate(t, s, *a, **k))
     monkeypatch.setattr(model_mod, "pretrain", _forbidden)
     monkeypatch.setattr(model_mod, "finetune", _forbidden)
     pool = SynthCLIPTaskPool(tasks, cache_dir=str(tmp_path), split="val")
@@ -165,8 +166,8 @@ def test_a_cache_without_val_splits_gets_them_on_use_and_a_fresh_handwritten_tes
     assert {k: v for k, v in after["shapes"].items() if not k.startswith("val/")} == before["shapes"]
     assert {k: v for k, v in after[HANDWRITTEN].items() if k.startswith("train/")} == {
         k: v for k, v in before[HANDWRITTEN].items() if k.startswith("train/")}
-    assert len(build_mod._load_split(assets, HANDWRITTEN, "test")[0]) == recipe.n_test
-    np.testing.assert_array_equal(build_mod._load_split(assets, HANDWRITTEN, "test")[0],
+    assert len(datasets_mod.load_split(assets, HANDWRITTEN, "test")[0]) == recipe.n_test
+    np.testing.assert_array_equal(datasets_mod.load_split(assets, HANDWRITTEN, "test")[0],
                                   generate(HANDWRITTEN, "test", recipe.n_test, seed=0)[0])
     assert {p: p.read_bytes() for p in assets.root.rglob("model.safetensors")} == weights
     assert not list(tmp_path.rglob(".*.tmp*")), "temporary folders left behind"

@@ -1,14 +1,12 @@
 """Collect the paper lab's job reports into tidy rows, and look values up in them.
 
 Input: a folder tree written by :mod:`fusion_bench_larv.paper.reproduce` (any depth). A *job* is
-a folder with FusionBench's ``program_report.json``; its identity (model pool, method, overrides,
-corruption, ...) is read from ``job.json`` (written by
-:class:`fusion_bench_larv.paper.programs.ResumableFusionProgram`), falling back to Hydra's
-``hydra_output/overrides.yaml`` that FusionBench links into every job folder (or Hydra's own
-``overrides.yaml``, in a plain ``fusion_bench -m`` job folder). Reports have FusionBench's flat
-layout (``{<task>: ..., "average": ...}``), and LARV's per-block record comes from
-``larv_layers.json`` next to the report. Reports written by earlier versions of this package
-nest the task pool's report under ``"model"`` and the record under ``"larv"``; they are read too.
+a folder with FusionBench's ``program_report.json``, read with the one job-folder reader
+(:func:`fusion_bench_larv.runs.reports.read_job`, shared with the sweep callback): the report,
+LARV's per-block record, ``job.json`` (the job's overrides, choices and experiment, written by
+:class:`fusion_bench_larv.runs.programs.ResumableFusionProgram`), else Hydra's overrides. A job's
+kind (merge, robustness, generalization, individual, NLP) is its experiment's, where ``job.json``
+names one; a folder without it (a plain ``fusion_bench -m`` job) is described from its pool name.
 
 :func:`tidy_rows` gives one row per (job, task), :func:`block_rows` one per (LARV job, block),
 :func:`summary_rows` one per evaluated CLIP merge job; :class:`Index` finds rows by their labels
@@ -17,19 +15,15 @@ and remembers every miss: no number is ever filled in or interpolated.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
-import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..atomic import atomic_write_text
-from ..job_reports import REPORT_NAME, overrides_to_dict, read_json, task_metrics
-from .experiments import BACKBONES, MERGERS
+from ..runs.reports import REPORT_NAME, read_job, task_metrics
+from .experiments import MERGERS
+from .labels import BACKBONE_ORDER, describe_method, describe_modelpool, gate_label, norm_task, tier_text
 
 log = logging.getLogger("fusion_bench_larv.paper.collect")
 
@@ -47,41 +41,6 @@ BLOCK_COLUMNS = [
 ]
 
 
-#: tasks seen while merging in FusionBench's generalization pools (the rest of TA8 is unseen)
-GENERALIZATION_SEEN = {
-    "exp1": {"sun397", "stanford-cars", "resisc45", "dtd", "svhn", "gtsrb"},
-    "exp2": {"sun397", "stanford-cars", "gtsrb", "eurosat", "dtd", "mnist"},
-}
-#: tasks left out of the merge in the offline analogues (config/modelpool/tinyclip_synth8_generalization_exp*.yaml;
-#: a test checks them against the configs): MNIST, EuroSAT → handwritten_digits, textures; SVHN, RESISC45 → digits, position
-TINYCLIP_GENERALIZATION_UNSEEN = {
-    "exp1": {"handwritten-digits", "textures"},
-    "exp2": {"digits", "position"},
-}
-
-
-def generalization_seen(backbone: str, exp: str, task: str) -> bool:
-    """Whether ``task`` was merged in generalization experiment ``exp`` (``exp1``/``exp2``)."""
-    if backbone == "TinyCLIP":
-        return norm_task(task) not in TINYCLIP_GENERALIZATION_UNSEEN[exp]
-    return norm_task(task) in GENERALIZATION_SEEN[exp]
-
-
-CORRUPTION_LABELS = OrderedDict(
-    clean="Clean", motion_blur="Motion", impulse_noise="Impulse", gaussian_noise="Gaussian", pixelate="Pixelate",
-    spatter="Spatter", contrast="Contrast", jpeg_compression="JPEG",
-)
-
-
-BACKBONE_ORDER = [label for _, label in BACKBONES.values()] + ["TinyCLIP"]
-
-
-_BARE_TO_MERGER = {m.bare_method: m.key for m in MERGERS.values()}
-
-
-_LARV_TO_MERGER = {m.larv_method: m.key for m in MERGERS.values()}
-
-
 @dataclass
 class Run:
     """One finished job: its labels, its report and its LARV record (if any)."""
@@ -91,69 +50,6 @@ class Run:
     report: Dict[str, Any]
     larv: Optional[Dict[str, Any]] = None
     overrides: List[str] = field(default_factory=list)
-
-
-def norm_task(name: str) -> str:
-    """Task names as FusionBench's TA8 dataset configs spell them (``stanford_cars`` → ``stanford-cars``)."""
-    return str(name).replace("_", "-").lower()
-
-
-def describe_modelpool(modelpool: str) -> Dict[str, Any]:
-    """Backbone, task count and experiment kind of a model-pool option."""
-    mp = modelpool or ""
-    m = re.search(r"clip-vit-(base-patch32|base-patch16|large-patch14)_(TA8|TALL14|TALL20)$", mp)
-    if m:
-        backbone = {v[0]: v[1] for v in BACKBONES.values()}[f"clip-vit-{m.group(1)}"]
-        return dict(kind="clip", backbone=backbone, num_tasks=int(re.sub(r"\D", "", m.group(2))), setting=m.group(2))
-    m = re.search(r"tinyclip_synth\d+_(robustness|generalization_exp\d)$", mp)
-    if m:
-        if m.group(1) == "robustness":
-            return dict(kind="robustness", backbone="TinyCLIP", num_tasks=4, setting="corrupted")
-        return dict(kind="generalization", backbone="TinyCLIP", num_tasks=6, setting=m.group(1).split("_")[-1])
-    m = re.search(r"tinyclip_synth(\d+)", mp)
-    if m:
-        return dict(kind="clip", backbone="TinyCLIP", num_tasks=int(m.group(1)), setting=f"synth{m.group(1)}")
-    m = re.search(r"clip-vit-(base-patch32|base-patch16|large-patch14)_(robustness_corrupted|generalization_exp\d|individual)$", mp)
-    if m:
-        backbone = {v[0]: v[1] for v in BACKBONES.values()}[f"clip-vit-{m.group(1)}"]
-        what = m.group(2)
-        if what.startswith("robustness"):
-            return dict(kind="robustness", backbone=backbone, num_tasks=4, setting="corrupted")
-        if what.startswith("generalization"):
-            return dict(kind="generalization", backbone=backbone, num_tasks=6, setting=what.split("_")[-1])
-        return dict(kind="individual", backbone=backbone, num_tasks=1, setting="individual")
-    if "flan-t5" in mp:
-        return dict(kind="nlp", backbone=mp.split("/")[-1].split("_")[0], num_tasks=8, setting="glue_lora16")
-    return dict(kind="other", backbone=mp, num_tasks=None, setting=None)
-
-
-def describe_method(method: str) -> Tuple[str, bool]:
-    """(merger key, is LARV) of a method option."""
-    if method in _LARV_TO_MERGER:
-        return _LARV_TO_MERGER[method], True
-    if method in _BARE_TO_MERGER:
-        return _BARE_TO_MERGER[method], False
-    if method and method.startswith("larv_"):
-        return method[len("larv_"):], True
-    return method or "", False
-
-
-def _fmt_tiers(tiers: Any) -> str:
-    if tiers is None:
-        return ""
-    return "/".join(f"{float(t):g}" for t in tiers)
-
-
-def gate_label(gate: Optional[str], tiers: Any, tier_assignment: Optional[str]) -> str:
-    """Name of a gate variant as in :data:`fusion_bench_larv.paper.experiments.GATE_VARIANTS`."""
-    if not gate:
-        return ""
-    if gate == "tiered":
-        n = len(tiers) if tiers is not None else 0
-        if tier_assignment == "depth":
-            return "depth_tiers"
-        return f"tiered{n}" if n else "tiered"
-    return str(gate)
 
 
 def _score_depth_spearman(record: Dict[str, Any]) -> Any:
@@ -173,42 +69,23 @@ def _score_depth_spearman(record: Dict[str, Any]) -> Any:
     return "" if value is None else round(value, 4)
 
 
-def _read_overrides_yaml(path: Path) -> Optional[List[str]]:
-    try:
-        from omegaconf import OmegaConf
-
-        return [str(x) for x in OmegaConf.load(path)]
-    except Exception:  # missing or unreadable: the caller warns
-        return None
+#: the kind of job each ``reproduce-larv`` experiment runs (the rest are CLIP merges)
+EXPERIMENT_KINDS = {"robustness": "robustness", "generalization": "generalization", "individual": "individual",
+                    "nlp": "nlp"}
 
 
 def load_run(run_dir: Path, root: Path) -> Optional[Run]:
     """Read one job folder (``None`` if it has no readable report or no identity)."""
-    report = read_json(run_dir / REPORT_NAME, warn=True)
-    if not isinstance(report, dict):
+    job = read_job(run_dir, warn=True)
+    if job.report is None:
         return None
-    meta = read_json(run_dir / "job.json", warn=True) if (run_dir / "job.json").exists() else None
-    overrides: Optional[List[str]] = None
-    choices: Dict[str, str] = {}
-    method_cfg: Dict[str, Any] = {}
-    if isinstance(meta, dict):
-        overrides = list(meta.get("overrides") or [])
-        choices = dict(meta.get("choices") or {})
-        method_cfg = dict(meta.get("method") or {})
-    else:
-        # FusionBench links Hydra's job folder in as hydra_output/; in a plain multirun through
-        # our primary config the job folder is Hydra's, so overrides.yaml is right there
-        overrides = (_read_overrides_yaml(run_dir / "hydra_output" / "overrides.yaml")
-                     or _read_overrides_yaml(run_dir / "overrides.yaml"))
-        if overrides is None:
-            log.warning("%s: no job.json, no overrides.yaml and no hydra_output/overrides.yaml; skipped", run_dir)
-            return None
-    ov = overrides_to_dict(overrides)
-    modelpool = choices.get("modelpool") or ov.get("modelpool", "")
-    method = choices.get("method") or ov.get("method", "")
-    larv = report.get("larv")
-    if larv is None and (run_dir / "larv_layers.json").exists():
-        larv = read_json(run_dir / "larv_layers.json", warn=True)
+    if job.overrides is None:
+        log.warning("%s: no job.json, no overrides.yaml and no hydra_output/overrides.yaml; skipped", run_dir)
+        return None
+    meta, overrides, ov = job.meta or {}, job.overrides, job.override_dict
+    method_cfg: Dict[str, Any] = dict(meta.get("method") or {})
+    modelpool, method = job.choice("modelpool"), job.choice("method")
+    larv = job.record
     merger, is_larv = describe_method(method)
     src = larv if isinstance(larv, dict) else {}
     gate = src.get("gate", method_cfg.get("gate", ov.get("method.gate")))
@@ -217,6 +94,8 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
         tiers = [float(x) for x in ov["method.tiers"].strip("[]").split(",") if x]
     tier_assignment = src.get("tier_assignment", method_cfg.get("tier_assignment", ov.get("method.tier_assignment")))
     labels: Dict[str, Any] = dict(describe_modelpool(modelpool))
+    if meta.get("experiment") in EXPERIMENT_KINDS:
+        labels["kind"] = EXPERIMENT_KINDS[meta["experiment"]]
     labels.update(
         run_dir=os.path.relpath(run_dir, root),
         modelpool=modelpool,
@@ -228,14 +107,15 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
         method_overrides=";".join(sorted(o for o in overrides if o.lstrip("+").startswith("method.")
                                          and not o.lstrip("+").startswith("method.block_pattern="))),
         gate=gate_label(gate, tiers, tier_assignment) if is_larv else "",
-        tiers=_fmt_tiers(tiers) if is_larv and gate == "tiered" else "",
+        tiers=tier_text(tiers) if is_larv and gate == "tiered" else "",
         tier_assignment=(tier_assignment or "") if is_larv else "",
-        corruption=(meta or {}).get("corruption") or ov.get("corruption", ""),
-        individual_task=((meta or {}).get("individual_task") or ov.get("individual_task")
+        experiment=meta.get("experiment", ""),
+        corruption=meta.get("corruption") or ov.get("corruption", ""),
+        individual_task=(meta.get("individual_task") or ov.get("individual_task")
                          or ov.get("modelpool.individual", "")),
         # validation jobs of a tuned row (paper/select.py) and the tuned rows' test jobs
-        split="val" if str(choices.get("taskpool") or ov.get("taskpool", "")).endswith("_val") else "test",
-        tuned=(meta or {}).get("tuned") or ov.get("tuned", ""),
+        split="val" if job.choice("taskpool").endswith("_val") else "test",
+        tuned=meta.get("tuned") or ov.get("tuned", ""),
         score_depth_spearman=_score_depth_spearman(src) if is_larv else "",
     )
     if method == "dummy" and labels["kind"] == "robustness":
@@ -249,7 +129,7 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
     elif method == "dummy" and labels["kind"] == "clip":
         # FusionBench's dummy method returns the pool's pretrained model: the zero-shot row
         labels.update(kind="zeroshot", merger="zeroshot")
-    return Run(str(run_dir), labels, report, larv if isinstance(larv, dict) else None, overrides)
+    return Run(str(run_dir), labels, job.report, larv, overrides)
 
 
 def collect(root: str | os.PathLike) -> List[Run]:
@@ -294,13 +174,14 @@ class Index:
         self.rows = list(rows)
         self.missing: List[str] = []
 
-    def find(self, what: str, **crit: Any) -> List[Dict[str, Any]]:
-        out = [r for r in self.rows if all(match(r.get(k), v) for k, v in crit.items())]
-        return out
+    def find(self, **crit: Any) -> List[Dict[str, Any]]:
+        """The rows matching every criterion (a value, or a predicate on the row's value)."""
+        return [r for r in self.rows if all(match(r.get(k), v) for k, v in crit.items())]
 
     def value(self, what: str, task: str = "average", **crit: Any) -> Optional[float]:
-        """Accuracy (fraction) of the single job matching ``crit`` on ``task``; None if missing."""
-        hits = self.find(what, task=task, **crit)
+        """Accuracy (fraction) of the single job matching ``crit`` on ``task``; None (and ``what``
+        remembered as missing) if none does."""
+        hits = self.find(task=task, **crit)
         if not hits:
             self.missing.append(what)
             return None
@@ -350,11 +231,11 @@ def setting_order(setting: Tuple[str, Any]) -> Tuple[int, str, int]:
 def individual_average(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[float]:
     """Mean over the tasks of the jobs matching ``crit`` of each individual fine-tuned model's
     accuracy on its own task (None, and recorded as missing, if any task has no such job)."""
-    tasks = sorted({r["task"] for r in idx.find("", **crit) if r["task"] != "average"})
+    tasks = sorted({r["task"] for r in idx.find(**crit) if r["task"] != "average"})
     accs = []
     for t in tasks:
         same = (lambda v, t=t: norm_task(v) == norm_task(t))
-        hits = idx.find("", kind="individual", backbone=crit["backbone"], individual_task=same, task=same)
+        hits = idx.find(kind="individual", backbone=crit["backbone"], individual_task=same, task=same)
         if not hits:
             idx.missing.append(f"{what} ({t})")
             return None
@@ -364,7 +245,7 @@ def individual_average(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[
 
 def normalized_value(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[float]:
     """Mean over tasks of accuracy / individual fine-tuned accuracy (None if any part is missing)."""
-    runs = idx.find(what, **crit)
+    runs = idx.find(**crit)
     tasks = [r for r in runs if r["task"] != "average"]
     if not tasks:
         idx.missing.append(what)
@@ -372,7 +253,7 @@ def normalized_value(idx: Index, what: str, crit: Dict[str, Any]) -> Optional[fl
     ratios = []
     for r in tasks:
         same = (lambda t, rt=r["task"]: norm_task(t) == norm_task(rt))
-        ind = idx.find(what, kind="individual", backbone=r["backbone"], individual_task=same, task=same)
+        ind = idx.find(kind="individual", backbone=r["backbone"], individual_task=same, task=same)
         if not ind:
             idx.missing.append(f"{what} (individual {r['task']})")
             return None
@@ -425,12 +306,3 @@ def summary_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
             "normalized_delta_vs_bare": delta(norm, bare_norm),
         })
     return out
-
-
-def write_csv(path: Path, rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> None:
-    buffer = io.StringIO(newline="")
-    w = csv.DictWriter(buffer, fieldnames=list(columns))
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    atomic_write_text(path, buffer.getvalue())

@@ -63,7 +63,7 @@ def _fixed_crit(row: str, merger: str) -> Dict[str, Any]:
 
 
 def _one(idx: Index, **crit) -> Optional[Dict[str, Any]]:
-    hits = idx.find("", task="average", **crit)
+    hits = idx.find(task="average", **crit)
     return hits[0] if hits else None
 
 

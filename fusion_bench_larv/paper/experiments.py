@@ -168,7 +168,7 @@ def _robustness_jobs(args) -> List[Job]:
     if args.suite == "tinyclip":
         return _tinyclip_robustness_jobs(args)
     if args.references or CLEAN in (args.corruptions or ()):
-        raise SystemExit("robustness: --references and the clean split are offline only (--suite tinyclip); "
+        raise ValueError("robustness: --references and the clean split are offline only (--suite tinyclip); "
                          "FusionBench's clean test sets are the main table's")
     jobs: List[Job] = []
     for c in args.corruptions or CORRUPTIONS:
@@ -355,7 +355,7 @@ def build_jobs(experiment: str, args: argparse.Namespace) -> List[Job]:
         raise ValueError(f"experiment: expected one of {tuple(EXPERIMENTS)}, got {experiment!r}")
     spec = EXPERIMENTS[experiment]
     if args.suite not in spec.suites:
-        raise SystemExit(
+        raise ValueError(
             f"{experiment}: needs FusionBench's real checkpoints and data sets; the embedded "
             f"benchmark (--suite {args.suite}) has no equivalent."
         )

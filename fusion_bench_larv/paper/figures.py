@@ -1,7 +1,7 @@
 """The paper lab's figures: Figure 2 (per-block diagnostics), the main bars, Figures 3 and 5 (corruptions).
 
 Figure 2 is drawn by :func:`fusion_bench_larv.plots.layer_figure`, the same function that draws
-one run's ``larv_layers.png``; Figure 4 (the tier heatmap) by :func:`fusion_bench_larv.plots.tier_figure`.
+one run's ``larv_layers.png``; Figure 4 (the tier heatmap) by :func:`fusion_bench_larv.runs.heatmap.tier_figure`.
 """
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Dict, Sequence
 
-from ..plots import heatmap, layer_figure, pyplot
-from .collect import (BACKBONE_ORDER, CORRUPTION_LABELS, Index, describe_modelpool, individual_average, match,
-                      merger_label, mergers_present, setting_order, variant_crit)
+from ..plots import layer_figure, pyplot
+from ..runs.heatmap import heatmap
+from .collect import (Index, individual_average, match, merger_label, mergers_present, setting_order,
+                      variant_crit)
+from .labels import BACKBONE_ORDER, CORRUPTION_LABELS, describe_modelpool
 from .experiments import CLEAN, CORRUPTIONS, MERGERS
 
 
@@ -58,7 +60,7 @@ def main_figure(rows: Sequence[Dict[str, Any]]):
         for k, (larv, name) in enumerate(((False, "bare"), (True, "+ LARV"))):
             vals = [idx.value("", **base, **variant_crit(m, larv)) for m in mergers]
             ax.bar(x + (k - 0.5) * 0.38, [np.nan if v is None else 100 * v for v in vals], 0.38, label=name)
-        zs = idx.find("", task="average", kind="zeroshot", backbone=b, num_tasks=n)
+        zs = idx.find(task="average", kind="zeroshot", backbone=b, num_tasks=n)
         if zs:
             ax.axhline(100 * float(zs[0]["accuracy"]), color="grey", ls="--", lw=1, label="zero-shot")
         ind = individual_average(idx, "", base) if any(r["kind"] == "individual" for r in rows) else None

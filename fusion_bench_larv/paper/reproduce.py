@@ -48,10 +48,10 @@ use the same base hyperparameters as the ``larv_*`` configs (``defaults.BASE_MER
 
 Multirun plumbing (every command):
 
-* ``_target_=fusion_bench_larv.paper.programs.ResumableFusionProgram``: a job whose report exists is
+* ``_target_=fusion_bench_larv.runs.programs.ResumableFusionProgram``: a job whose report exists is
   skipped (resume after a crash or preemption) if the config saved in its ``job.json`` equals
   the new job's, reports are written atomically, and each job records ``job.json`` (see
-  :mod:`fusion_bench_larv.paper.programs`).
+  :mod:`fusion_bench_larv.runs.programs`).
 * ``path.log_dir=<output>/${hydra:runtime.choices.modelpool}/${hydra:runtime.choices.method}/${hydra:job.override_dirname}``:
   a job directory that is a deterministic function of the job's identity overrides, so a rerun
   finds it and an identical job asked for by two experiments runs once. Plumbing keys are
@@ -92,7 +92,7 @@ from .select import Tuned, selection_records, winner_jobs
 
 log = logging.getLogger("fusion_bench_larv.paper.reproduce")
 
-PROGRAM_TARGET = "fusion_bench_larv.paper.programs.ResumableFusionProgram"
+PROGRAM_TARGET = "fusion_bench_larv.runs.programs.ResumableFusionProgram"
 
 #: keys that do not define a job (excluded from the job-directory name)
 #: (``modelpool.models._pretrained_`` and ``modelpool.processor`` are set by the ``individual``
@@ -106,6 +106,7 @@ PLUMBING_KEYS = (
     "print_config",
     "modelpool.models._pretrained_",
     "modelpool.processor",
+    "experiment",
 )
 
 
@@ -126,6 +127,7 @@ def sweep_command(sweep: Sweep, index: int, args: argparse.Namespace) -> List[st
     cmd += sweep.override_args()
     cmd += [
         f"_target_={PROGRAM_TARGET}",
+        f"+experiment={sweep.experiment}",
         f"path.log_dir={job_dir_template(output)}",
         f"hydra.job.config.override_dirname.exclude_keys={exclude}",
         f"hydra.sweep.dir={output}/.hydra/{sweep.experiment}/${{now:%Y-%m-%d_%H-%M-%S-%f}}_{index}",
@@ -258,8 +260,12 @@ def fusion_bench_executable(explicit: Optional[str] = None) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``reproduce-larv`` / ``scripts/reproduce_paper.py``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    commands = plan(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        commands = plan(args)
+    except ValueError as e:  # a combination the experiment does not have: a usage error, exit code 2
+        parser.error(str(e))
     n_jobs = sum(len(s.jobs) for s, _ in commands)
     tuned = tuned_rows(args)
     n_tuned = sum(len(rows) for rows in tuned.values())

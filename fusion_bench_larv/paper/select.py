@@ -70,7 +70,7 @@ def _overrides_key(overrides: Sequence[str]) -> frozenset:
 def val_accuracies(tuned: Tuned, runs) -> List[Optional[float]]:
     """The validation average accuracy of each grid value, from the collected ``runs``
     (:func:`fusion_bench_larv.paper.collect.collect`); ``None`` where no finished job matches."""
-    from ..job_reports import task_metrics
+    from ..runs.reports import task_metrics
 
     by_overrides: Dict[frozenset, object] = {}
     for run in runs:

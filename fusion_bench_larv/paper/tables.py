@@ -3,11 +3,10 @@
 Input: the job tree of ``reproduce-larv`` (read by :mod:`fusion_bench_larv.paper.collect`).
 Output (``--out``):
 
-* ``results.csv``: one row per (job, task) with the task's score and loss (fractions, as
-  FusionBench reports them), plus the job's labels; the task pool's ``average`` is a row with
-  ``task == "average"``. The score (column ``accuracy``) is the accuracy, except where column
-  ``metric`` says otherwise: Spearman's ρ (``spearman_rho``, GLUE's STS-B) or the GLUE pool's
-  average ``score``. Jobs without evaluation (``taskpool=dummy``) have no rows here.
+* ``results.csv``: one row per (job, task) with the task's score and loss (fractions, as FusionBench
+  reports them) and the job's labels; the pool's ``average`` is the row ``task == "average"``. The
+  score (``accuracy``) is the accuracy, or what ``metric`` says: Spearman's ρ (``spearman_rho``,
+  STS-B) or the GLUE pool's average ``score``. Jobs without evaluation have no rows here.
 * ``larv_blocks.csv``: one row per (LARV job, block) with e, c, z, s, tier and scale.
 * ``summary.csv``: one row per evaluated CLIP merge job on test with given settings (bare, or
   LARV with any gate/tiers): average accuracy, Δ vs the bare merger, normalized accuracy and its
@@ -33,9 +32,7 @@ Missing runs are shown as "—" and listed in a warning; no number is ever fille
 interpolated. Accuracies in tables are percentages with one decimal; a score the task pool
 reported as NaN (STS-B's ρ on constant predictions) is shown as "NaN", never averaged in.
 
-Usage::
-
-    make-larv-tables outputs/larv --out outputs/larv/tables
+Usage: ``make-larv-tables outputs/larv --out outputs/larv/tables``.
 """
 
 from __future__ import annotations
@@ -48,10 +45,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..atomic import atomic_write_text
-from ..plots import MISSING, save_figure, tier_figure, tier_label
-from .collect import (BACKBONE_ORDER, BLOCK_COLUMNS, CORRUPTION_LABELS, RESULT_COLUMNS, SUMMARY_COLUMNS, Index,
-                      block_rows, collect, generalization_seen, individual_average, merger_label, mergers_present,
-                      norm_task, normalized_value, setting_order, summary_rows, tidy_rows, variant_crit, write_csv)
+from ..runs.reports import write_csv
+from ..plots import MISSING, save_figure
+from ..runs.heatmap import tier_figure, tier_label
+from .collect import (BLOCK_COLUMNS, RESULT_COLUMNS, SUMMARY_COLUMNS, Index, block_rows, collect, individual_average,
+                      merger_label, mergers_present, normalized_value, setting_order, summary_rows, tidy_rows,
+                      variant_crit)
+from .labels import BACKBONE_ORDER, CORRUPTION_LABELS, generalization_seen, norm_task
 from .depth import DEPTH_COLUMNS, depth_rows, depth_tables
 from .experiments import CLEAN, CORRUPTIONS, DEFAULT_GATE_VARIANT, GATE_VARIANTS
 from .figures import corruption_delta_figure, corruption_figure, diagnostics_figure, main_figure
@@ -62,10 +62,9 @@ log = logging.getLogger("fusion_bench_larv.paper.tables")
 
 def reference_rows(idx: Index, key: str, columns: Sequence[Tuple[str, Dict[str, Any]]],
                    normalized: bool = False) -> List[List[str]]:
-    """The paper's first rows, where their jobs exist: the pretrained model (zero-shot) and,
-    for accuracy tables, the individual fine-tuned models (each on its own task, averaged over
-    the column's tasks). Only for columns that are a backbone and a task count (not the
-    robustness, generalization or GLUE tables)."""
+    """The paper's first rows, where their jobs exist: zero-shot and, for accuracy tables, the
+    individual fine-tuned models (each on its own task, averaged over the column's tasks); only
+    for columns that are a backbone and a task count."""
     rows = []
     if not all("backbone" in crit and "num_tasks" in crit for _, crit in columns):
         return rows
@@ -172,10 +171,10 @@ def _gate_tables(idx: Index, clip: Sequence[Dict[str, Any]]) -> List[Table]:
                 cells = []
                 for m in mergers:
                     crit = dict(**base, merger=m, larv=True, method_overrides=_gate_overrides(g))
-                    if g == DEFAULT_GATE_VARIANT and not idx.find("", task="average", **crit):
+                    if g == DEFAULT_GATE_VARIANT and not idx.find(task="average", **crit):
                         # the same configuration run without overrides (the main table's +LARV job)
                         crit = dict(**base, **variant_crit(m, True))
-                        defaults_used = defaults_used or bool(idx.find("", task="average", **crit))
+                        defaults_used = defaults_used or bool(idx.find(task="average", **crit))
                     cells.append(pct_delta(value(f"gates: {key_prefix}{merger_label(m)} {g} @ {b} ({n})", crit), bare[m]))
                 rows.append([g] + cells)
             note = (f"{DEFAULT_GATE_VARIANT} is the shipped defaults; where no job spelled it out, the row shows the "
@@ -235,7 +234,7 @@ def robustness_reference(idx: Index, what: str, merger: str, crit: Dict[str, Any
     (``zeroshot``), or each fine-tuned tower alone on its own task (``individual``, averaged)."""
     if merger == "zeroshot":
         return idx.value(what, task="average", merger="zeroshot", **crit)
-    jobs = idx.find(what, merger="individual", **crit)
+    jobs = idx.find(merger="individual", **crit)
     tasks = sorted({r["task"] for r in jobs if r["task"] != "average"})
     vals = [idx.value(f"{what} ({t})", task=t, merger="individual", individual_task=lambda v, t=t: norm_task(v) == norm_task(t),
                       **crit) for t in tasks]
@@ -290,9 +289,9 @@ def _generalization_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[T
             crit = dict(crit)
             exp, part = crit.pop("_exp"), crit.pop("_part")
             if crit.get("kind") == "zeroshot":
-                hits = [r for r in idx.find(what, **crit) if r["task"] != "average"]
+                hits = [r for r in idx.find(**crit) if r["task"] != "average"]
             else:
-                hits = [r for r in idx.find(what, **crit, setting=exp) if r["task"] != "average"]
+                hits = [r for r in idx.find(**crit, setting=exp) if r["task"] != "average"]
             vals = [float(r["accuracy"]) for r in hits if generalization_seen(b, exp, r["task"]) == (part == "seen")]
             if not vals:
                 idx.missing.append(what)
@@ -321,7 +320,7 @@ def _nlp_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
     def fn(what, crit):
         crit = dict(crit)
         task = crit.pop("_task")
-        if task == "average" and not idx.find(what, task="average", **crit):
+        if task == "average" and not idx.find(task="average", **crit):
             # FusionBench's GLUE pool reports no average: the mean over the tasks with a score
             vals = [idx.value(f"{what} [{t}]", task=t, **crit) for t in tasks]
             if any(v is None for v in vals):
@@ -342,8 +341,7 @@ def _nlp_tables(idx: Index, rows: Sequence[Dict[str, Any]]) -> List[Table]:
 
 def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, Any]:
     """Collect, write the CSVs, tables and figures; return what was written and what is missing."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
     runs = collect(root)
     all_rows = tidy_rows(runs)
     # validation jobs and the rows tuned on them appear only in the depth comparison
@@ -353,13 +351,11 @@ def make_tables(root: str | os.PathLike, out: str | os.PathLike) -> Dict[str, An
     write_csv(out / "larv_blocks.csv", blocks, BLOCK_COLUMNS)
     write_csv(out / "summary.csv", summary_rows(rows), SUMMARY_COLUMNS)
     depth = depth_rows(all_rows)
-    if depth:
+    if depth:  # reproduce-larv depth's rows
         write_csv(out / "depth.csv", depth, DEPTH_COLUMNS)
-    # csv round trip types: keep python values for the in-memory tables
     tables, missing = build_tables(rows)
     tables += depth_tables(depth)
-    md = ["# LARV results", "", f"Collected {len(runs)} job reports. Missing cells: {MISSING}.", ""]
-    md += [to_markdown(t) for t in tables]
+    md = ["# LARV results", "", f"Collected {len(runs)} job reports. Missing cells: {MISSING}.", ""] + [to_markdown(t) for t in tables]
     atomic_write_text(out / "tables.md", "\n".join(md))
     atomic_write_text(out / "tables.tex", "% LARV results (generated by make-larv-tables)\n" + "\n".join(to_latex(t) for t in tables))
     figures: Dict[str, List[Path]] = {}

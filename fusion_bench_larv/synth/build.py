@@ -45,6 +45,7 @@ from ..atomic import atomic_dir, atomic_write_json
 from .cache import (  # noqa: F401 (Assets, default_cache_dir, describe_artefacts: imported from here too)
     MANIFEST_VERSION, Assets, default_cache_dir, describe_artefacts, record_if_writable, repair, writable_lock,
 )
+from .datasets import generate_datasets, load_split, write_prompts
 from .digests import record_artefact, verify
 from .model import ModelSize
 from .shipped import ShippedAssets
@@ -129,31 +130,6 @@ class Recipe:
 
 def _torch_seed(recipe: Recipe, what: str) -> int:
     return (recipe.seed * 1_000_003 + zlib.crc32(what.encode())) % (2**31)
-
-
-def _save_dataset(images: np.ndarray, labels: np.ndarray, classnames: List[str], path: Path) -> None:
-    import datasets
-    from PIL import Image
-
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classnames)})
-    ds = datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(x) for x in images], "label": labels.tolist()}, features=features
-    )
-    quiet = datasets.is_progress_bar_enabled()  # the build's own bar counts the datasets
-    if quiet:
-        datasets.disable_progress_bars()
-    try:
-        ds.save_to_disk(str(path))
-    finally:
-        if quiet:
-            datasets.enable_progress_bars()
-
-
-def _load_split(assets: Assets, task: str, split: str):
-    import datasets
-
-    ds = datasets.load_from_disk(str(assets.data(task, split))).with_format("numpy")
-    return np.asarray(ds["image"], dtype=np.uint8), np.asarray(ds["label"], dtype=np.int64)
 
 
 def _pairs(classnames, templates):
@@ -258,40 +234,11 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
         if assets.read_manifest() is None:
             atomic_write_json(assets.manifest, new_manifest(recipe), indent=2)
         log.info("building %d artefact(s) in %s: %s", len(todo), assets.root, describe_artefacts(todo))
-        _write_prompts(assets, recipe, todo)
-        _generate_datasets(assets, recipe, tasks, todo)
+        write_prompts(assets, recipe, todo)
+        generate_datasets(assets, recipe, tasks, todo)
         copied = _pretrained(assets, recipe, todo, source)
         _finetuned(assets, recipe, tasks, todo, source, copied)
     return assets
-
-
-def _write_prompts(assets: Assets, recipe: Recipe, todo: Sequence[str]) -> None:
-    if "prompts" in todo:
-        start = time.perf_counter()
-        table = {t: dict(zip(("classnames", "templates"), prompts(t))) for t in suite_tasks(recipe.suite)}
-        atomic_write_json(assets.prompts, table, indent=2)
-        record_artefact(assets, "prompts", time.perf_counter() - start)
-
-
-def _generate_datasets(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo: Sequence[str]) -> None:
-    from tqdm.auto import tqdm
-
-    todo_data = [a for a in todo if a.startswith("data/")]
-    sizes = {"train": recipe.n_train, "val": recipe.n_val, "test": recipe.n_test}
-    loop_start = time.perf_counter()
-    for artefact in tqdm(todo_data, desc="generate datasets", unit="task"):
-        start = time.perf_counter()
-        task, _, only = artefact[len("data/") :].partition("/")  # data/<task> or data/<task>/val
-        classnames, _ = prompts(task)
-        # replace: a stale folder (tasks.VAL_FROM_TEST, written before validation splits) is swapped out
-        with atomic_dir(assets.data(task, only or None), replace=True) as tmp:
-            for split in [only] if only else sizes:
-                images, labels = generate(task, split, sizes[split], recipe.seed)
-                _save_dataset(images, labels, classnames, tmp if only else tmp / split)
-        # a split added to an older folder: the folder's digest is recorded again, with it
-        record_artefact(assets, f"data/{task}", time.perf_counter() - start)
-    if todo_data:
-        log.info("generated %d dataset(s) in %.1f s", len(todo_data), time.perf_counter() - loop_start)
 
 
 def _copy_shipped(assets: Assets, source: Optional[ShippedAssets], artefact: str, **fields) -> bool:
@@ -380,7 +327,7 @@ def _finetuned(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo: Seque
     processor = CLIPProcessor.from_pretrained(str(assets.pretrained), use_fast=False)
     for task in tqdm(todo_ft, desc="fine-tune towers"):
         start = time.perf_counter()
-        images, labels = _load_split(assets, task, "train")
+        images, labels = load_split(assets, task, "train")
         head = M.zeroshot_head(clip, processor, *prompts(task))
         tower = M.finetune(
             clip,

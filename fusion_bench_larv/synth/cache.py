@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from ..locks import file_lock
+from ..runs.locks import file_lock
 from .digests import forget_artefact, record_artefact, verify
 
 log = logging.getLogger("fusion_bench_larv.synth.build")  # one logger for the build's lines

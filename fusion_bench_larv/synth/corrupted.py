@@ -78,7 +78,7 @@ def _load(path: Path) -> Tuple[np.ndarray, np.ndarray]:
 
 def build_split(assets, task: str, corruption: str) -> Path:
     """Generate ``corrupted/<task>/<corruption>`` from the cached clean test split."""
-    from .build import _save_dataset
+    from .datasets import save_dataset
 
     if corruption not in CORRUPTIONS:
         raise ValueError(f"corruption: expected one of {list(CORRUPTIONS)}, got {corruption!r}")
@@ -88,7 +88,7 @@ def build_split(assets, task: str, corruption: str) -> Path:
     path = corrupted_dir(assets, task, corruption)
     record = _expected(assets, task, corruption, _digest(images, labels)) | {"sha256": _digest(corrupted, labels)}
     with atomic_dir(path, exist_ok=True) as tmp:
-        _save_dataset(corrupted, labels, prompts(task)[0], tmp)
+        save_dataset(corrupted, labels, prompts(task)[0], tmp)
         atomic_write_json(tmp / RECORD, record, indent=2)
     return path
 

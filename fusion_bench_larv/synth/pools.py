@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fusion_bench.modelpool import CLIPVisionModelPool
 
-from ..taskpool import CLIPClassificationTaskPool
+from ..taskpools.clip_classification import CLIPClassificationTaskPool
 from .build import Assets, ensure
 from .corrupted import ensure_corrupted, normalize
 

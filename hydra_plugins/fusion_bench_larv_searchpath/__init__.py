@@ -18,7 +18,7 @@ What it does to the search path:
   reachable (the ``fusion_bench`` CLI drops FusionBench's folder when ``$CWD/config`` exists).
 
 Importing this module also registers the ``${larv.job_log_dir:...}`` resolver that our primary
-config's ``path.log_dir`` uses (:mod:`fusion_bench_larv.sweep`), so that it exists before any
+config's ``path.log_dir`` uses (:mod:`fusion_bench_larv.runs.sweep`), so that it exists before any
 config is resolved, including ``fusion_bench --cfg job --resolve``.
 """
 
@@ -28,7 +28,7 @@ from importlib.util import find_spec
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-import fusion_bench_larv.sweep  # noqa: F401  (registers the larv.job_log_dir resolver)
+import fusion_bench_larv.runs.sweep  # noqa: F401  (registers the larv.job_log_dir resolver)
 
 LARV_CONFIG_PACKAGE = "pkg://fusion_bench_larv_config"
 FUSION_BENCH_CONFIG_PACKAGE = "pkg://fusion_bench_config"

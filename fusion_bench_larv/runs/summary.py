@@ -1,46 +1,16 @@
-"""Hydra glue for every ``fusion_bench`` call composed from this package's primary config.
+"""The sweep table: one row per job of a multirun, its Markdown and CSV, and its heatmap.
 
-``config/fabric_model_fusion.yaml`` (FusionBench's primary config, which our search-path plugin
-puts in front of FusionBench's own) adds two things to FusionBench's defaults:
-
-1. **One log dir per multirun job.** ``path.log_dir`` is ``${larv.job_log_dir:<FusionBench's
-   default>}``. The resolver returns the job's own Hydra folder (``hydra.sweep.dir`` /
-   ``hydra.sweep.subdir``: ``outputs/multirun/fabric_model_fusion/<time>/0``, ``1``, ...) inside a
-   multirun, and FusionBench's default (``outputs/fabric_model_fusion/<time>``) in a single run.
-   FusionBench's own default gives every job of a sweep the same folder, so each job's
-   ``program_report.json`` would overwrite the previous one. An explicit ``path.log_dir=...``
-   (as ``reproduce-larv`` passes) always wins.
-2. **The callback** :class:`LARVSweepCallback` (``hydra.callbacks.larv_sweep``):
-
-   - after every job that ran a LARV method: a short summary through ``logging`` (base merger,
-     average and per-task accuracy, λ per block, where ``larv_layers.{json,csv,png}`` went);
-   - in a multirun, after every job and at the end: ``sweep_summary.csv`` and
-     ``sweep_summary.md`` in the sweep dir, one row per job (status, swept overrides, per-task
-     accuracy, average, Δ vs the baseline if one is given, the LARV keys used and λ per block);
-     failed jobs are rows with status ``failed`` and the error. The table is rewritten after each
-     job because Hydra stops a sweep whose job failed without calling ``on_multirun_end``.
-   - when exactly two numeric ``method.*`` keys, or two positions of ``method.tiers``, vary
-     across the sweep: ``sweep_heatmap.png`` / ``.pdf`` of the average accuracy (%) over that
-     grid, or of Δ vs the baseline (points, colour map centred at 0: the paper's Figure 4). The
-     PNG carries the matrix it shows as JSON in its ``larv_heatmap`` text chunk.
-
-One sweep per sweep folder: the callback holds ``<sweep dir>/.larv_sweep.lock`` (an ``fcntl``
-lock, gone with its process) from the sweep's start to its end, so a second sweep given the same
-``hydra.sweep.dir`` (or started in the same second with the default one) stops before any job
-runs, instead of overwriting the first one's job folders and mixing their rows.
-
-Baseline: ``hydra.callbacks.larv_sweep.baseline=<report>`` names a finished run's
-``program_report.json`` (or its folder), typically the bare merger, or LARV with
-``method.gate=identity``, which reproduces the bare merger bit for bit. Hydra's cartesian
-product cannot sweep ``method=iso_c`` together with ``method.tiers=...``, so the baseline is a run
-of its own. A baseline that cannot be read fails the sweep before any job runs.
+:class:`fusion_bench_larv.runs.sweep.LARVSweepCallback` records every job of a multirun in
+``<job folder>/sweep_job.json`` and calls :func:`write_sweep_summary` after each job and at the
+end: ``sweep_summary.csv`` and ``sweep_summary.md`` in the sweep folder (status, swept
+overrides, per-task accuracy, average, Δ vs the baseline if one is given, the LARV keys used and
+λ per block), and, when exactly two numeric ``method.*`` keys or two positions of
+``method.tiers`` vary, ``sweep_heatmap.{png,pdf}`` (the paper's Figure 4). Reports and records are
+read with :mod:`fusion_bench_larv.runs.reports`, the reader the paper lab uses too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import logging
 import math
@@ -49,60 +19,21 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
 
-from .atomic import atomic_write_bytes
-from .locks import LockBusy, file_lock, try_file_lock
-from .job_reports import REPORT_NAME, accuracies, overrides_to_dict, read_json, read_report
-from .plots import save_figure, tier_figure
-
-try:  # Hydra is always there under `fusion_bench`; keep the module importable without it
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object
+from ..atomic import atomic_write_bytes
+from .locks import file_lock
+from ..settings import SWEEP_KEYS as LARV_KEYS
+from ..plots import save_figure
+from .heatmap import tier_figure
+from .reports import accuracies, overrides_to_dict, read_job, read_json, read_report, write_csv
 
 log = logging.getLogger("fusion_bench_larv")
 
-RESOLVER = "larv.job_log_dir"
 JOB_RECORD = "sweep_job.json"
-SWEEP_LOCK = ".larv_sweep.lock"
 SUMMARY_CSV, SUMMARY_MD, HEATMAP = "sweep_summary.csv", "sweep_summary.md", "sweep_heatmap"
-#: LARV hyperparameters shown per job (from its larv_layers.json)
-LARV_KEYS = ("gate", "tiers", "tier_assignment", "eta", "rho", "conflict", "source", "apply", "non_block_scale",
-             "amplitude", "steepness", "min_scale", "max_scale", "lines_alpha", "lines_beta")
-
-
-# ----------------------------------------------------------------------------- the log dir
-def job_log_dir(default: str) -> str:
-    """``path.log_dir``: the job's Hydra output folder inside a multirun, else ``default``."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            out = OmegaConf.select(hc, "runtime.output_dir", default=None)
-            if out:
-                return str(out)
-    return default
-
-
-def register_resolvers() -> None:
-    """Register ``${larv.job_log_dir:...}`` (idempotent). Runs when this module is imported:
-    by the search-path plugin (every Hydra start) and wherever Hydra unpickles the callback
-    (joblib / submitit workers)."""
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, job_log_dir)
-
-
-register_resolvers()
 
 
 # ----------------------------------------------------------------------------- reading
-def _parse_overrides(overrides: Sequence[str]) -> Dict[str, str]:
-    return overrides_to_dict(overrides)
-
-
 def _number(text: Any) -> Optional[float]:
     try:
         value = yaml.safe_load(text) if isinstance(text, str) else text
@@ -180,7 +111,7 @@ def load_records(sweep_dir: Path) -> List[Dict[str, Any]]:
 
 
 def _swept_keys(records: Sequence[Dict[str, Any]]) -> List[str]:
-    parsed = [_parse_overrides(r.get("overrides") or []) for r in records]
+    parsed = [overrides_to_dict(r.get("overrides") or []) for r in records]
     keys = list(dict.fromkeys(k for p in parsed for k in p))
     if len(records) < 2:
         return keys
@@ -197,14 +128,15 @@ def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str,
     swept = _swept_keys(records)
     rows, tasks = [], []
     for rec in records:
-        ov = _parse_overrides(rec.get("overrides") or [])
+        ov = overrides_to_dict(rec.get("overrides") or [])
         row: Dict[str, Any] = {"job": rec.get("job_num"), "status": rec.get("status")}
         row.update({k: ov.get(k, "") for k in swept})
         acc: Dict[str, float] = {}
+        job = read_job(rec["log_dir"], report=rec.get("report")) if rec.get("log_dir") else None
         if rec.get("status") == "completed" and rec.get("log_dir") in shared_log_dirs:
             row["status"] = "completed, shared log dir"
         elif rec.get("status") == "completed":
-            report = read_report(rec["report"]) if rec.get("report") else None
+            report = job.report if job is not None and rec.get("report") else None
             acc = accuracies(report)
             if report is None:
                 row["status"] = "completed, no report"
@@ -216,8 +148,8 @@ def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str,
             for task, value in acc.items():
                 if task in baseline:
                     row[f"delta_{task}"] = value - baseline[task]
-        record = read_json(Path(rec["log_dir"]) / "larv_layers.json") if rec.get("larv") and rec.get("log_dir") else None
-        if row["status"] == "completed" and isinstance(record, dict):
+        record = job.record if job is not None and rec.get("larv") else None
+        if row["status"] == "completed" and record is not None:
             row["base_merger"] = base_merger_label(record)
             row.update({f"larv.{k}": json.dumps(v) if isinstance(v, list) else v
                         for k, v in ((k, record.get(k)) for k in LARV_KEYS)})
@@ -262,15 +194,6 @@ def heatmap_grid(rows: Sequence[Dict[str, Any]], swept: Sequence[str], delta: bo
         value = row.get(key)
         matrix[ys.index(y)][xs.index(x)] = None if value is None else 100.0 * value
     return ylabel, xlabel, ys, xs, matrix
-
-
-def _csv_text(rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
-    return buffer.getvalue()
 
 
 def markdown_table(rows: Sequence[Dict[str, Any]], swept: Sequence[str], baseline_avg: Optional[float]) -> List[str]:
@@ -320,7 +243,7 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, baseline: Optional[str] = 
                  "; no baseline (hydra.callbacks.larv_sweep.baseline=<report>)."), ""]
         md += markdown_table(rows, swept, base_avg if base_acc else None)
         paths = [sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD]
-        atomic_write_bytes(paths[0], _csv_text(rows, columns).encode())
+        write_csv(paths[0], rows, columns)
         atomic_write_bytes(paths[1], ("\n".join(md) + "\n").encode())
         grid = heatmap_grid(rows, swept, delta=bool(base_acc))
         heatmap = None
@@ -331,7 +254,7 @@ def write_sweep_summary(sweep_dir: str | os.PathLike, baseline: Optional[str] = 
 
 
 def save_heatmap(grid, out: Path, delta: bool, baseline: Optional[str]) -> Dict[str, Any]:
-    """Draw the grid with :func:`fusion_bench_larv.plots.tier_figure` (the Figure 4 heatmap)
+    """Draw the grid with :func:`fusion_bench_larv.runs.heatmap.tier_figure` (the Figure 4 heatmap)
     and save it; the PNG's ``larv_heatmap`` text chunk holds the matrix read back from the
     figure's image."""
     import numpy as np
@@ -345,106 +268,3 @@ def save_heatmap(grid, out: Path, delta: bool, baseline: Optional[str]) -> Dict[
             "baseline": baseline, "values": [[None if not math.isfinite(v) else float(v) for v in line] for line in drawn]}
     paths = save_figure(fig, out, HEATMAP, png_metadata={"larv_heatmap": json.dumps(data)})
     return dict(data, paths=paths)
-
-
-# ----------------------------------------------------------------------------- the callback
-# sweep folder -> its held lock; kept outside the callback, which launchers pickle
-_SWEEP_LOCKS: Dict[str, contextlib.ExitStack] = {}
-
-
-class LARVSweepCallback(Callback):
-    """Hydra callback of this package's primary config (see the module docstring).
-
-    Args:
-        baseline: ``null``, or a finished run's ``program_report.json`` (or its folder) that
-            the sweep table and heatmap compare against (Δ columns).
-    """
-
-    def __init__(self, baseline: Optional[str] = None):
-        if baseline is not None and (not isinstance(baseline, str) or not baseline):
-            raise TypeError(f"hydra.callbacks.larv_sweep.baseline: expected a path, got {baseline!r}")
-        self.baseline = None if baseline is None else os.path.abspath(os.path.expanduser(baseline))
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.baseline is not None and not accuracies(read_report(self.baseline)):
-            raise ValueError(
-                f"hydra.callbacks.larv_sweep.baseline={self.baseline!r}: no FusionBench report with accuracies "
-                f"there (expected a {REPORT_NAME} or a folder holding one)")
-        sweep_dir = OmegaConf.select(config, "hydra.sweep.dir", default=None)
-        if sweep_dir is not None:
-            self._claim_sweep_dir(Path(str(sweep_dir)))
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        try:
-            self._job_end(config, job_return)
-        except Exception as e:  # the summary must never turn a finished job into a failure
-            log.warning("fusion-bench-larv: could not summarise the job: %s", e, exc_info=True)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            self._summarise(sweep_dir)
-        finally:
-            _SWEEP_LOCKS.pop(os.path.abspath(sweep_dir), contextlib.ExitStack()).close()
-
-    def _claim_sweep_dir(self, sweep_dir: Path) -> None:
-        """Hold ``<sweep dir>/.larv_sweep.lock`` until the sweep ends: two sweeps writing one
-        folder would overwrite each other's job folders (``0``, ``1``, ...) and records, and the
-        table would mix them. The second one stops before any job runs."""
-        key = os.path.abspath(sweep_dir)
-        _SWEEP_LOCKS.pop(key, contextlib.ExitStack()).close()
-        held = contextlib.ExitStack()
-        try:
-            held.enter_context(try_file_lock(sweep_dir / SWEEP_LOCK))
-        except LockBusy as e:
-            raise RuntimeError(
-                f"another sweep (pid {e.holder or '?'}) is writing {sweep_dir}: this sweep's jobs would overwrite its "
-                f"job folders and records. Give this sweep its own folder (hydra.sweep.dir=...), or wait for that one "
-                f"to end") from None
-        _SWEEP_LOCKS[key] = held
-
-    def _summarise(self, sweep_dir: Path) -> None:
-        if not sweep_dir.is_dir():
-            return
-        result = write_sweep_summary(sweep_dir, self.baseline)
-        log.info("Sweep summary, %s", result["markdown"][2])
-        for line in result["markdown"][4:]:
-            log.info(line)
-        log.info("Written: %s", ", ".join(str(p) for p in result["paths"]))
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _job_end(self, config: DictConfig, job_return: Any) -> None:
-        from hydra.core.utils import JobStatus
-        from hydra.types import RunMode
-
-        status = "completed" if job_return.status == JobStatus.COMPLETED else "failed"
-        error = getattr(job_return, "_return_value", None) if status == "failed" else None
-        log_dir = report_path = None
-        with contextlib.suppress(Exception):  # a job that failed on its config has no log dir
-            log_dir = Path(str(OmegaConf.select(config, "path.log_dir", throw_on_resolution_failure=False)))
-            template = OmegaConf.select(config, "report_save_path", default=None)
-            if template:
-                report_path = Path(str(template).format(log_dir=log_dir))
-        target = str(OmegaConf.select(config, "method._target_", default="") or "")
-        is_larv = target.startswith("fusion_bench_larv.")
-        if status == "completed" and is_larv and log_dir is not None:
-            record = read_json(log_dir / "larv_layers.json")
-            report = read_report(report_path) if report_path is not None else None
-            if isinstance(record, dict) and report is not None:
-                for line in run_summary_lines(report, record, log_dir, report_path):
-                    log.info(line)
-        if config.hydra.mode != RunMode.MULTIRUN:
-            return
-        record = {
-            "job_num": OmegaConf.select(config, "hydra.job.num", default=None),
-            "status": status,
-            "overrides": list(config.hydra.overrides.task),
-            "method_target": target,
-            "larv": is_larv,
-            "log_dir": None if log_dir is None else str(log_dir),
-            "report": None if report_path is None else str(report_path),
-            "output_dir": str(config.hydra.runtime.output_dir),
-            "error": None if error is None else f"{type(error).__name__}: {error}",
-        }
-        atomic_write_bytes(Path(record["output_dir"]) / JOB_RECORD, json.dumps(record, indent=2).encode())
-        write_sweep_summary(Path(str(config.hydra.sweep.dir)), self.baseline)

@@ -42,7 +42,7 @@ from fusion_bench.compat.taskpool.flan_t5_glue_text_generation import (
 )
 from fusion_bench.tasks.flan_t5_text_generation.glue_load_dataset import _load_glue_dataset
 
-from .atomic import atomic_dir
+from ..atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 

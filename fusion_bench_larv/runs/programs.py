@@ -11,7 +11,7 @@ launcher, ``hydra-joblib-launcher`` (loky worker processes) and ``hydra-submitit
 (SLURM jobs on other hosts) all just call the task function with the job's config.
 
 :class:`ResumableFusionProgram` is selected with
-``_target_=fusion_bench_larv.paper.programs.ResumableFusionProgram`` and adds three things:
+``_target_=fusion_bench_larv.runs.programs.ResumableFusionProgram`` and adds three things:
 
 1. **Skip finished jobs, never a changed one.** Before anything is loaded it resolves the job's
    report path (the ``{log_dir}`` placeholder is filled from ``path.log_dir``, which is what
@@ -64,7 +64,7 @@ from omegaconf import OmegaConf
 from fusion_bench.programs import FabricModelFusionProgram
 
 from ..atomic import atomic_write_json
-from ..locks import file_lock
+from .locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,8 @@ class ResumableFusionProgram(FabricModelFusionProgram):
             model is evaluated); recorded in ``job.json``.
         tuned: Root-level key of a row whose value was chosen on validation data (its name,
             see ``paper/select.py``); recorded in ``job.json``.
+        experiment: Root-level key naming the ``reproduce-larv`` experiment that runs the job;
+            recorded in ``job.json`` (a job two experiments share keeps the first one's name).
         *args, **kwargs: Everything ``FabricModelFusionProgram`` takes.
     """
 
@@ -260,6 +262,7 @@ class ResumableFusionProgram(FabricModelFusionProgram):
         corruption: Optional[str] = None,
         individual_task: Optional[str] = None,
         tuned: Optional[str] = None,
+        experiment: Optional[str] = None,
         **kwargs: Any,
     ):
         if not isinstance(skip_existing, bool):
@@ -270,7 +273,8 @@ class ResumableFusionProgram(FabricModelFusionProgram):
         # Root-level keys some FusionBench pools interpolate (`${corruption}`); kept for job.json.
         self.extra_metadata = {
             k: v
-            for k, v in (("corruption", corruption), ("individual_task", individual_task), ("tuned", tuned))
+            for k, v in (("corruption", corruption), ("individual_task", individual_task), ("tuned", tuned),
+                         ("experiment", experiment))
             if v is not None
         }
         super().__init__(*args, **kwargs)

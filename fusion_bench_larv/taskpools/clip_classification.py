@@ -96,7 +96,7 @@ class CLIPClassificationTaskPool(CLIPVisionModelTaskPool):
 
     Example (a user's own dataset saved with ``datasets.Dataset.save_to_disk``)::
 
-        _target_: fusion_bench_larv.taskpool.CLIPClassificationTaskPool
+        _target_: fusion_bench_larv.taskpools.clip_classification.CLIPClassificationTaskPool
         _recursive_: false
         base_model: openai/clip-vit-base-patch32
         clip_model:

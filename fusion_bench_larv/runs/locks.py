@@ -9,7 +9,7 @@ different files of one name). The lock file holds the pid of the last holder, fo
 re-entrant within a process: a function that locks may call another that locks the same file.
 :func:`try_file_lock` takes it or raises :class:`LockBusy` at once.
 
-    from fusion_bench_larv.locks import LockBusy, file_lock, try_file_lock
+    from fusion_bench_larv.runs.locks import LockBusy, file_lock, try_file_lock
 """
 
 from __future__ import annotations
