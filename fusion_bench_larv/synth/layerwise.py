@@ -33,8 +33,6 @@ reads or computes a LARV-gated model.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import math
@@ -283,8 +281,7 @@ def _trends(suite: _Suite, evaluate: _Evaluator) -> dict:
         pool = BaseModelPool({"_pretrained_": tower(suite.theta0), **{t: tower(suite.finetuned[t]) for t in suite.tasks}})
         torch.manual_seed(0)
         algo = LARVAlgorithm(base_method=BASE_MERGERS[merger], gate="identity", apply="post")
-        with contextlib.redirect_stdout(io.StringIO()):  # its profile table, once per merger
-            merged = algo.run(pool)
+        merged = algo.run(pool)
         rows = algo.record["blocks"]
         e = torch.tensor([math.nan if r["e"] is None else r["e"] for r in rows], dtype=torch.float64)
         c = torch.tensor([math.nan if r["c"] is None else r["c"] for r in rows], dtype=torch.float64)
