@@ -372,7 +372,7 @@ def measure(
         "tasks": tasks,
         "num_tasks": len(tasks),
         "seed": seed,
-        "assets": str(assets.root),
+        "assets": assets.root.name,  # the folder, not the machine's cache path
         "recipe": manifest["recipe"],
         "shipped": manifest.get("shipped", []),
         "num_blocks": suite.layout.num_blocks,
