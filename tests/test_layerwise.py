@@ -17,7 +17,8 @@ import torch
 from torch.nn import functional as F
 
 from fusion_bench_larv.synth.__main__ import main
-from fusion_bench_larv.synth.layerwise import GRID, MERGERS, parse_tasks
+from fusion_bench_larv.synth.layerwise import parse_tasks
+from fusion_bench_larv.synth.layerwise_facts import GRID, MERGERS
 
 BLOCK = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)

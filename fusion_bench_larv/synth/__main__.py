@@ -95,7 +95,8 @@ def _layerwise(args, argv) -> int:
     """``layerwise``: every input checked before anything is computed or written."""
     import shlex
 
-    from .layerwise import check_out, check_seed, check_threads, measure, parse_tasks, write_report
+    from .layerwise import check_seed, check_threads, measure, parse_tasks
+    from .layerwise_facts import check_out, write_report
 
     try:
         tasks = parse_tasks(args.tasks)

@@ -27,7 +27,7 @@ rule) and ``model.accuracy``:
    (``gates.depth_rank_correlation``). The bare mergers' test accuracies come with them.
 
 The ramp and the rescaling are the package's (``gates.linear_depth_scales``, ``blocks.scale_map``,
-``state_dicts.rescale_update_``). Thresholds (:data:`THRESHOLDS`) are the issue's. Nothing here
+``state_dicts.rescale_update_``). Thresholds, judging and the report files: :mod:`.layerwise_facts`. Nothing here
 reads or computes a LARV-gated model.
 """
 
@@ -42,39 +42,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
-from ..atomic import atomic_write_json, atomic_write_text
 from ..blocks import BlockLayout, find_blocks, scale_map
 from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
 from ..state_dicts import rescale_update_, task_sum_l1
-from .build import _load_split, ensure
+from .build import ensure
+from .datasets import load_split
+from .layerwise_facts import GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge
 from .tasks import SUITE_ORDER, SUITES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["THRESHOLDS", "GRID", "MERGERS", "parse_tasks", "check_out", "check_seed", "check_threads", "measure", "format_markdown",
-           "write_report", "report_paths"]
+__all__ = ["parse_tasks", "check_seed", "check_threads", "measure"]
 
-#: the grid of task arithmetic's λ and of LiNeS's β (LiNeS's paper: 0.1 … 1.0)
-GRID = tuple(round(0.1 * i, 1) for i in range(1, 11))
-#: the single-task ramp of fact 1 (LiNeS's α = 0.1, β = 0.9; parameters outside the blocks: α)
-SINGLE_ALPHA, SINGLE_BETA = 0.1, 0.9
-#: the paper's six mergers (Figure 2), keys of ``defaults.BASE_MERGERS``
-MERGERS = ("simple_average", "task_arithmetic", "ties_merging", "tsvm", "iso_c", "iso_cts")
-#: mergers whose trends fact 4 requires at 8 tasks
-TREND_MERGERS = ("task_arithmetic", "ties_merging")
-#: the issue's thresholds (#23)
-THRESHOLDS = {
-    "retention_min": 0.97,
-    "forgetting_min_points": 6.0,
-    "recovered_min": 0.75,
-    "lines_margin_8": (2.0, 6.0),
-    "lines_margin_more_min": 1.0,
-    "e_rho_min": 0.5,
-    "c_rho_max": -0.5,
-}
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -97,16 +78,6 @@ def parse_tasks(value: Union[str, int, Sequence[str]]) -> List[str]:
     if len(names) < 2:
         raise ValueError(f"tasks: {value!r} names one task; forgetting and merging need at least two")
     return names
-
-
-def check_out(out: Union[str, Path]) -> Path:
-    """The output folder: refused (``ValueError`` naming ``out``) if it is an existing file or lies
-    under one. Nothing is created here."""
-    out = Path(out).expanduser()
-    for parent in (out, *out.parents):
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"out: {str(out)!r} cannot be a folder: {str(parent)!r} is a file")
-    return out
 
 
 def check_seed(seed) -> int:
@@ -149,7 +120,7 @@ def _load(assets, tasks: Sequence[str]) -> _Suite:
     processor = CLIPProcessor.from_pretrained(str(assets.pretrained), use_fast=False)
     table = json.loads(assets.prompts.read_text())
     heads = {t: M.zeroshot_head(clip, processor, table[t]["classnames"], table[t]["templates"]) for t in tasks}
-    data = {t: {split: _load_split(assets, t, split) for split in ("val", "test")} for t in tasks}
+    data = {t: {split: load_split(assets, t, split) for split in ("val", "test")} for t in tasks}
     vision = CLIPVisionModel.from_pretrained(str(assets.pretrained)).eval()
     theta0 = _float_state(vision)
     finetuned = {t: _float_state(CLIPVisionModel.from_pretrained(str(assets.finetuned(t)))) for t in tasks}
@@ -298,43 +269,6 @@ def _trends(suite: _Suite, evaluate: _Evaluator) -> dict:
     return out
 
 
-def _facts(n_tasks: int, single: dict, merge: dict, trends: dict) -> List[dict]:
-    th = THRESHOLDS
-    facts = []
-
-    def add(key, what, threshold, value, passed, fmt="{:.3f}"):
-        facts.append({"fact": key, "what": what, "threshold": threshold, "value": value,
-                      "shown": "n/a" if value is None else fmt.format(value), "passed": passed})
-
-    retention = single["target"]["retention"]
-    add("1", "single task: ramped / fine-tuned target accuracy (mean over tasks)", f">= {th['retention_min']}",
-        retention, retention >= th["retention_min"])
-    loss, recovered = single["others"]["loss"], single["others"]["recovered"]
-    add("2a", "forgetting: zero-shot minus fine-tuned accuracy on the other tasks (points)",
-        f">= {th['forgetting_min_points']}", loss, loss >= th["forgetting_min_points"], "{:.2f}")
-    add("2b", "share of that loss the ramp gives back", f">= {th['recovered_min']}", recovered,
-        recovered is not None and recovered >= th["recovered_min"])
-    margin = merge["margin"]
-    if n_tasks == 8:
-        lo, hi = th["lines_margin_8"]
-        add("3", "LiNeS minus task arithmetic, test (points; λ, β chosen on val)", f"{lo} to {hi}", margin,
-            lo <= margin <= hi, "{:+.2f}")
-    else:
-        add("3", "LiNeS minus task arithmetic, test (points; λ, β chosen on val)",
-            f">= {th['lines_margin_more_min']}", margin, margin >= th["lines_margin_more_min"], "{:+.2f}")
-    for merger, values in trends.items():
-        judged = n_tasks == 8 and merger in TREND_MERGERS
-        for diag, key, bound in (("e", "e_rho", "e_rho_min"), ("c", "c_rho", "c_rho_max")):
-            rho = values[key]
-            if judged:
-                ok = rho is not None and (rho >= th[bound] if diag == "e" else rho <= th[bound])
-                threshold = (">= " if diag == "e" else "<= ") + str(th[bound])
-            else:
-                ok, threshold = None, "reported"
-            add(f"4-{merger}-{diag}", f"Spearman(depth, {diag}_ℓ), {merger}", threshold, rho, ok, "{:+.2f}")
-    return facts
-
-
 # ----------------------------------------------------------------------------- entry points
 def measure(
     tasks: Union[str, int, Sequence[str]] = 8,
@@ -367,7 +301,7 @@ def measure(
     finally:
         torch.set_num_threads(previous)
     manifest = assets.read_manifest()
-    facts = _facts(len(tasks), single, merge, trends)
+    facts = judge(len(tasks), single, merge, trends)
     return {
         "tasks": tasks,
         "num_tasks": len(tasks),
@@ -386,67 +320,3 @@ def measure(
         "threads": torch.get_num_threads() if threads is None else threads,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
     }
-
-
-def report_paths(out: Union[str, Path], num_tasks: int, seed: int) -> Dict[str, Path]:
-    stem = f"layerwise_{num_tasks}tasks_seed{seed}"
-    out = Path(out)
-    return {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
-
-
-def format_markdown(result: dict, command: Optional[str] = None) -> str:
-    """The report: facts against thresholds, then the numbers behind them."""
-    tasks, single, merge, trends = result["tasks"], result["single_task"], result["lines_vs_task_arithmetic"], result["trends"]
-    mark = {True: "pass", False: "**fail**", None: "(reported)"}
-    lines = [f"# Layer-wise behaviour: {result['num_tasks']} tasks, seed {result['seed']}", ""]
-    if command:
-        lines += ["```bash", command, "```", ""]
-    recipe = result["recipe"]
-    lines += [f"Assets: `{Path(result['assets']).name}` (shipped weights: {', '.join(result['shipped']) or 'none'}); "
-              f"recipe: {json.dumps(recipe, sort_keys=True)}; {result['num_blocks']} blocks; "
-              f"{result['seconds']:.0f} s on {result['threads']} thread(s).", ""]
-    lines += ["| fact | what | threshold | measured | |", "|---|---|---|---:|---|"]
-    lines += [f"| {f['fact']} | {f['what']} | {f['threshold']} | {f['shown']} | {mark[f['passed']]} |" for f in result["facts"]]
-    lines += ["", "## Facts 1 and 2: single tasks (test accuracy, %)", "",
-              "| task | zero-shot | fine-tuned | ramped | zero-shot, other tasks | fine-tuned, other tasks | ramped, other tasks |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for t in tasks:
-        other = lambda acc: _mean(acc[s] for s in tasks if s != t)
-        lines.append(f"| {t} | {single['zero_shot'][t]:.1f} | {single['finetuned'][t][t]:.1f} | {single['ramped'][t][t]:.1f} | "
-                     f"{other(single['zero_shot']):.1f} | {other(single['finetuned'][t]):.1f} | {other(single['ramped'][t]):.1f} |")
-    tg, ot = single["target"], single["others"]
-    lines.append(f"| **mean** | {_mean(single['zero_shot'].values()):.1f} | {tg['finetuned']:.1f} | {tg['ramped']:.1f} | "
-                 f"{ot['zero_shot']:.1f} | {ot['finetuned']:.1f} | {ot['ramped']:.1f} |")
-    lines += ["", f"Ramp λ_ℓ = {SINGLE_ALPHA} + {SINGLE_BETA} ℓ/(L−1), {SINGLE_ALPHA} outside the blocks.", "",
-              "## Fact 3: LiNeS against task arithmetic (mean accuracy, %)", "",
-              f"LiNeS α = {merge['alpha']:.4f}. Validation curves (λ for task arithmetic, β for LiNeS):", "",
-              "| | " + " | ".join(f"{v:g}" for v in GRID) + " | chosen | val | test |",
-              "|---|" + "---:|" * (len(GRID) + 3)]
-    for name in ("task_arithmetic", "lines"):
-        m = merge[name]
-        curve = " | ".join(f"{m['val_curve'][v]:.1f}" for v in GRID)
-        lines.append(f"| {name} | {curve} | {m['chosen']:g} | {m['val']:.1f} | {m['test_mean']:.1f} |")
-    lines += ["", f"Margin (test): {merge['margin']:+.2f} points.", "",
-              "## Fact 4: LARV's diagnostics against depth (merged update, FusionBench's CLIP settings)", "",
-              "| merger | test mean | ρ(depth, e) | ρ(depth, c) | e_ℓ, ℓ = 0 … L−1 | c_ℓ |", "|---|---:|---:|---:|---|---|"]
-    fmt = lambda r: "n/a" if r is None else f"{r:+.2f}"
-    for merger, v in trends.items():
-        lines.append(f"| {merger} | {v['test_mean']:.1f} | {fmt(v['e_rho'])} | {fmt(v['c_rho'])} | "
-                     + " ".join(f"{x:.3f}" for x in v["e"]) + " | " + " ".join(f"{x:.3f}" for x in v["c"]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(result: dict, out: Union[str, Path], command: Optional[str] = None) -> Dict[str, Path]:
-    """Write ``layerwise_<N>tasks_seed<S>.{json,md}`` under ``out`` (atomically); return the paths."""
-    out = check_out(out)
-    paths = report_paths(out, result["num_tasks"], result["seed"])
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(paths["json"], {**result, "command": command}, indent=1, default=_json_default)
-    atomic_write_text(paths["md"], format_markdown(result, command))
-    return paths
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
