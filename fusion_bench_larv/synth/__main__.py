@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--tasks", default="8", help="8, 14, 20, or a comma-separated list of task names")
     st.add_argument("--cache-dir", default=None, help=f"cache root (default: {default_cache_dir()})")
     st.add_argument("--seed", type=int, default=0)
+    lw = sub.add_parser("layerwise", help="layer-wise facts of a build: single-task LiNeS ramp, forgetting, LiNeS vs task arithmetic, depth trends of LARV's diagnostics (synth/layerwise.py)")
+    lw.add_argument("--tasks", default="8", help="8, 14, 20, or a comma-separated list of task names")
+    lw.add_argument("--cache-dir", default=None, help=f"cache root (default: {default_cache_dir()})")
+    lw.add_argument("--seed", type=int, default=0)
+    lw.add_argument("--out", default="layerwise", help="output folder for layerwise_<N>tasks_seed<S>.{json,md} (default: ./layerwise)")
+    lw.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     return parser
 
 
@@ -63,6 +69,8 @@ def main(argv=None) -> int:
         print(f"shipped {len(status)} file(s) to {shipped_dir(args.out, args.seed)}: "
               f"{counts['same']} same as the digests recorded before, {counts['changed']} changed, {counts['new']} new")
         return 0
+    if args.command == "layerwise":
+        return _layerwise(args, argv)
     tasks = list(SUITES[int(args.tasks)]) if args.tasks.isdigit() else [t.strip() for t in args.tasks.split(",")]
     if args.command == "stats":
         from .stats import assets_stats, format_stats
@@ -80,6 +88,32 @@ def main(argv=None) -> int:
     for name, seconds in manifest["timings_s"].items():
         print(f"  {name:32s} {seconds:8.1f} s")
     print(f"this run: {time.perf_counter() - start:.1f} s for {len(tasks)} task(s)")
+    return 0
+
+
+def _layerwise(args, argv) -> int:
+    """``layerwise``: every input checked before anything is computed or written."""
+    import shlex
+
+    from .layerwise import check_seed, check_threads, measure, parse_tasks
+    from .layerwise_facts import check_out, write_report
+
+    try:
+        tasks = parse_tasks(args.tasks)
+        check_out(args.out)
+        check_seed(args.seed)
+        check_threads(args.threads)
+        ensure(tasks, cache_dir=args.cache_dir, seed=args.seed, build_if_missing=False)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"layerwise: error: {e}", file=sys.stderr)
+        return 2
+    result = measure(args.tasks, cache_dir=args.cache_dir, seed=args.seed, threads=args.threads)
+    command = "python -m fusion_bench_larv.synth " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    paths = write_report(result, args.out, command=command)
+    for fact in result["facts"]:
+        status = {True: "pass", False: "FAIL", None: ""}[fact["passed"]]
+        print(f"  {fact['fact']:24s} {fact['shown']:>8s}  ({fact['threshold']}) {status}")
+    print(f"wrote {paths['json']} and {paths['md']} ({result['seconds']:.0f} s)")
     return 0
 
 

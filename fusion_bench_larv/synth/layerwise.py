@@ -1,0 +1,322 @@
+"""Do the tiny CLIP's blocks behave like real CLIP's? (``python -m fusion_bench_larv.synth layerwise``)
+
+Measures, on a built suite (issue #23; docs/benchmark.md, "Layer-wise behaviour"), the four
+layer-wise facts that LiNeS (Wang et al., "LiNeS: Post-training layer scaling prevents
+forgetting and enhances model merging", ICLR 2025) reports for real CLIP, in-process, with the
+zero-shot heads the task pool uses (``model.zeroshot_head``, FusionBench's ``HFCLIPClassifier``
+rule) and ``model.accuracy``:
+
+1. **Single-task retention.** Each fine-tuned tower's update τ_t = θ_t − θ0 scaled per block by
+   the LiNeS ramp λ_ℓ = 0.1 + 0.9 ℓ/(L−1) (parameters outside the blocks: 0.1); the mean test
+   accuracy of the ramped towers on their own tasks over that of the fine-tuned towers
+   (real CLIP ViT-B/32, 8 tasks: 90.5 → 90.3, 0.998).
+2. **Forgetting and its recovery.** For each task t, the mean test accuracy on the other tasks
+   of the zero-shot model, of θ_t and of the ramped θ_t; ``loss`` = zero-shot − fine-tuned,
+   ``recovered`` = (ramped − fine-tuned) / loss, both averaged over t first (real CLIP: 48.3 →
+   38.0, a 10-point loss, most of it given back by the ramp).
+3. **LiNeS against task arithmetic.** Task arithmetic θ0 + λ Σ τ_t with λ ∈ {0.1, …, 1.0};
+   LiNeS: the update Σ τ_t (task arithmetic at scale 1) scaled by α + β ℓ/(L−1), α = LiNeS's
+   ``||Σ τ_t||_1 / (T ||Σ τ_t||_1)`` = 1/T (``gates.lines_alpha``), β ∈ {0.1, …, 1.0}, outside
+   the blocks α. λ and β are chosen on the validation splits (mean accuracy, ties to the
+   smaller value); the margin is LiNeS's test accuracy minus task arithmetic's.
+4. **Figure-2 trends.** LARV's per-block diagnostics e_ℓ (effective-rank contrast) and c_ℓ
+   (commutator coefficient) of the merged update of each of the paper's six mergers at
+   FusionBench's CLIP settings (``defaults.BASE_MERGERS``), computed by the package's own
+   path (``LARVAlgorithm`` with ``gate: identity``, ``source: merged``: the values of
+   docs/results/larv_blocks.csv), and their Spearman correlation with depth
+   (``gates.depth_rank_correlation``). The bare mergers' test accuracies come with them.
+
+The ramp and the rescaling are the package's (``gates.linear_depth_scales``, ``blocks.scale_map``,
+``state_dicts.rescale_update_``). Thresholds, judging and the report files: :mod:`.layerwise_facts`. Nothing here
+reads or computes a LARV-gated model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+from ..blocks import BlockLayout, find_blocks, scale_map
+from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
+from ..state_dicts import rescale_update_, task_sum_l1
+from .build import ensure
+from .datasets import load_split
+from .layerwise_facts import GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge
+from .tasks import SUITE_ORDER, SUITES
+
+log = logging.getLogger(__name__)
+
+__all__ = ["parse_tasks", "check_seed", "check_threads", "measure"]
+
+
+
+# ----------------------------------------------------------------------------- input checks
+def parse_tasks(value: Union[str, int, Sequence[str]]) -> List[str]:
+    """``8`` / ``14`` / ``20`` (a suite), or task names (a list or ``"a,b,c"``); at least two,
+    no duplicates. Raises ``ValueError`` naming ``tasks`` and the bad value."""
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        n = int(value)
+        if n not in SUITES:
+            raise ValueError(f"tasks: {value!r} is not a suite size; use one of {sorted(SUITES)} or task names")
+        return list(SUITES[n])
+    names = [t.strip() for t in value.split(",")] if isinstance(value, str) else [str(t) for t in value]
+    unknown = [t for t in names if t not in SUITE_ORDER]
+    if unknown or not names:
+        raise ValueError(f"tasks: unknown task name(s) {unknown or names!r} in {value!r}; "
+                         f"known: {', '.join(SUITE_ORDER)}")
+    duplicates = sorted({t for t in names if names.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"tasks: {duplicates!r} named twice in {value!r}")
+    if len(names) < 2:
+        raise ValueError(f"tasks: {value!r} names one task; forgetting and merging need at least two")
+    return names
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: must be an integer >= 0, got {seed!r}")
+    return seed
+
+
+def check_threads(threads) -> Optional[int]:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads: must be an integer >= 1, got {threads!r}")
+    return threads
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class _Suite:
+    """What every measurement reads: the CLIP (projection), heads, test and val data, state dicts."""
+
+    tasks: List[str]
+    clip: "torch.nn.Module"
+    vision: "torch.nn.Module"
+    heads: Dict[str, torch.Tensor]
+    data: Dict[str, Dict[str, tuple]]
+    theta0: Dict[str, torch.Tensor]
+    finetuned: Dict[str, Dict[str, torch.Tensor]]
+    layout: BlockLayout
+
+
+def _float_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def _load(assets, tasks: Sequence[str]) -> _Suite:
+    from transformers import CLIPModel, CLIPProcessor, CLIPVisionModel
+
+    from . import model as M
+
+    clip = CLIPModel.from_pretrained(str(assets.pretrained)).eval()
+    processor = CLIPProcessor.from_pretrained(str(assets.pretrained), use_fast=False)
+    table = json.loads(assets.prompts.read_text())
+    heads = {t: M.zeroshot_head(clip, processor, table[t]["classnames"], table[t]["templates"]) for t in tasks}
+    data = {t: {split: load_split(assets, t, split) for split in ("val", "test")} for t in tasks}
+    vision = CLIPVisionModel.from_pretrained(str(assets.pretrained)).eval()
+    theta0 = _float_state(vision)
+    finetuned = {t: _float_state(CLIPVisionModel.from_pretrained(str(assets.finetuned(t)))) for t in tasks}
+    layout = find_blocks(theta0.keys())
+    return _Suite(list(tasks), clip, vision, heads, data, theta0, finetuned, layout)
+
+
+def _ramp(layout: BlockLayout, alpha: float, beta: float) -> Dict[str, float]:
+    """``{key: λ}`` of the ramp α + β ℓ/(L−1), α outside the blocks (LiNeS's rule)."""
+    return scale_map(layout, linear_depth_scales(layout.num_blocks, alpha=alpha, beta=beta), non_block_scale=alpha)
+
+
+def _rescaled(theta0, state, scales: Mapping[str, float]) -> Dict[str, torch.Tensor]:
+    """θ0 + λ ⊙ (state − θ0), a new state dict (``state`` is left as it is)."""
+    out = {k: v.clone() for k, v in state.items()}
+    rescale_update_(out, theta0, scales)
+    return out
+
+
+class _Evaluator:
+    """Accuracies (%) of vision-tower state dicts on the suite's tasks, with a progress bar."""
+
+    def __init__(self, suite: _Suite, total: int, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.suite = suite
+        self.bar = tqdm(total=total, desc="layerwise: evaluations", unit="eval", disable=not progress,
+                        dynamic_ncols=True)
+
+    @torch.no_grad()
+    def __call__(self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test") -> Dict[str, float]:
+        from . import model as M
+
+        s = self.suite
+        missing, unexpected = s.vision.load_state_dict(dict(state), strict=False)
+        if unexpected or any(s.theta0.get(k) is not None for k in missing):
+            raise ValueError(f"state dict does not fit the vision tower: missing {missing}, unexpected {unexpected}")
+        out = {}
+        for task in tasks:
+            images, labels = s.data[task][split]
+            out[task] = 100.0 * M.accuracy(s.clip, s.vision, s.heads[task], images, labels)
+            self.bar.update(1)
+        return out
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return math.fsum(values) / len(values)
+
+
+# ----------------------------------------------------------------------------- facts
+def _single_task(suite: _Suite, evaluate: _Evaluator) -> dict:
+    """Facts 1 and 2: zero-shot, fine-tuned and ramped towers on every task (test split)."""
+    tasks = suite.tasks
+    scales = _ramp(suite.layout, SINGLE_ALPHA, SINGLE_BETA)
+    zero_shot = evaluate(suite.theta0, tasks)
+    finetuned, ramped = {}, {}
+    for t in tasks:
+        finetuned[t] = evaluate(suite.finetuned[t], tasks)
+        ramped[t] = evaluate(_rescaled(suite.theta0, suite.finetuned[t], scales), tasks)
+    target_ft = _mean(finetuned[t][t] for t in tasks)
+    target_ramp = _mean(ramped[t][t] for t in tasks)
+    others = lambda acc, t: _mean(acc[s] for s in tasks if s != t)
+    zs_other = _mean(others(zero_shot, t) for t in tasks)
+    ft_other = _mean(others(finetuned[t], t) for t in tasks)
+    ramp_other = _mean(others(ramped[t], t) for t in tasks)
+    loss = zs_other - ft_other
+    return {
+        "zero_shot": zero_shot,
+        "finetuned": finetuned,
+        "ramped": ramped,
+        "target": {"finetuned": target_ft, "ramped": target_ramp, "retention": target_ramp / target_ft},
+        "others": {
+            "zero_shot": zs_other,
+            "finetuned": ft_other,
+            "ramped": ramp_other,
+            "loss": loss,
+            "recovered": (ramp_other - ft_other) / loss if loss > 0 else None,
+        },
+    }
+
+
+def _pick(curve: Mapping[float, float]) -> float:
+    """The grid value with the best mean validation accuracy; ties (equal to 1e-9, so that the
+    summation order of equal accuracies cannot break them) go to the smaller value."""
+    best = max(round(acc, 9) for acc in curve.values())
+    return min(v for v, acc in curve.items() if round(acc, 9) == best)
+
+
+def _lines_vs_ta(suite: _Suite, evaluate: _Evaluator) -> dict:
+    """Fact 3: task arithmetic (λ on val) against LiNeS (β on val), both reported on test."""
+    tasks, theta0 = suite.tasks, suite.theta0
+    task_sum = {k: theta0[k] + sum(suite.finetuned[t][k] - theta0[k] for t in tasks) for k in theta0}
+    alpha = lines_alpha(task_sum_l1(suite.finetuned.values(), theta0), task_sum_l1([task_sum], theta0), len(tasks))
+    candidates = {
+        "task_arithmetic": {v: {k: v for k in theta0} for v in GRID},
+        "lines": {v: _ramp(suite.layout, alpha, v) for v in GRID},
+    }
+    out = {"alpha": alpha}
+    for name, grid in candidates.items():
+        val = {v: evaluate(_rescaled(theta0, task_sum, scales), tasks, "val") for v, scales in grid.items()}
+        curve = {v: _mean(acc.values()) for v, acc in val.items()}
+        chosen = _pick(curve)
+        test = evaluate(_rescaled(theta0, task_sum, grid[chosen]), tasks, "test")
+        out[name] = {"chosen": chosen, "val_curve": curve, "val": curve[chosen], "test": test,
+                     "test_mean": _mean(test.values())}
+    out["margin"] = out["lines"]["test_mean"] - out["task_arithmetic"]["test_mean"]
+    return out
+
+
+def _trends(suite: _Suite, evaluate: _Evaluator) -> dict:
+    """Fact 4: e and c per block of each merger's merged update, their depth Spearman, and the
+    bare merger's test accuracy."""
+    from fusion_bench import BaseModelPool
+    from transformers import CLIPVisionModel
+
+    from ..algorithm import LARVAlgorithm
+    from ..defaults import BASE_MERGERS
+
+    config = suite.vision.config
+
+    def tower(state):
+        model = CLIPVisionModel(config)
+        model.load_state_dict(state, strict=False)
+        return model.eval()
+
+    out = {}
+    for merger in MERGERS:
+        pool = BaseModelPool({"_pretrained_": tower(suite.theta0), **{t: tower(suite.finetuned[t]) for t in suite.tasks}})
+        torch.manual_seed(0)
+        algo = LARVAlgorithm(base_method=BASE_MERGERS[merger], gate="identity", apply="post")
+        merged = algo.run(pool)
+        rows = algo.record["blocks"]
+        e = torch.tensor([math.nan if r["e"] is None else r["e"] for r in rows], dtype=torch.float64)
+        c = torch.tensor([math.nan if r["c"] is None else r["c"] for r in rows], dtype=torch.float64)
+        valid = ~torch.tensor([r["zero_update"] for r in rows])
+        test = evaluate(_float_state(merged), suite.tasks, "test")
+        out[merger] = {
+            "e": e.tolist(),
+            "c": c.tolist(),
+            "e_rho": depth_rank_correlation(e, valid),
+            "c_rho": depth_rank_correlation(c, valid),
+            "test": test,
+            "test_mean": _mean(test.values()),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- entry points
+def measure(
+    tasks: Union[str, int, Sequence[str]] = 8,
+    cache_dir: Union[str, Path, None] = None,
+    seed: int = 0,
+    threads: Optional[int] = 1,
+    progress: bool = True,
+) -> dict:
+    """Facts 1-4 on the built suite ``tasks`` (``ensure(..., build_if_missing=False)``: a missing
+    artefact raises, naming the build command). Returns a JSON-ready dict."""
+    tasks = parse_tasks(tasks)
+    seed = check_seed(seed)
+    threads = check_threads(threads)
+    assets = ensure(tasks, cache_dir=cache_dir, seed=seed, build_if_missing=False)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        suite = _load(assets, tasks)
+        n = len(tasks)
+        total = n + 2 * n * n + 2 * (len(GRID) * n + n) + len(MERGERS) * n
+        evaluate = _Evaluator(suite, total, progress)
+        try:
+            single = _single_task(suite, evaluate)
+            merge = _lines_vs_ta(suite, evaluate)
+            trends = _trends(suite, evaluate)
+        finally:
+            evaluate.bar.close()
+    finally:
+        torch.set_num_threads(previous)
+    manifest = assets.read_manifest()
+    facts = judge(len(tasks), single, merge, trends)
+    return {
+        "tasks": tasks,
+        "num_tasks": len(tasks),
+        "seed": seed,
+        "assets": assets.root.name,  # the folder, not the machine's cache path
+        "recipe": manifest["recipe"],
+        "shipped": manifest.get("shipped", []),
+        "num_blocks": suite.layout.num_blocks,
+        "thresholds": {k: list(v) if isinstance(v, tuple) else v for k, v in THRESHOLDS.items()},
+        "facts": facts,
+        "all_judged_pass": all(f["passed"] for f in facts if f["passed"] is not None),
+        "single_task": single,
+        "lines_vs_task_arithmetic": merge,
+        "trends": trends,
+        "seconds": time.perf_counter() - start,
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
+    }
