@@ -87,7 +87,7 @@ def load_run(run_dir: Path, root: Path) -> Optional[Run]:
     modelpool, method = job.choice("modelpool"), job.choice("method")
     larv = job.record
     merger, is_larv = describe_method(method)
-    src = larv if isinstance(larv, dict) else {}
+    src = larv or {}
     gate = src.get("gate", method_cfg.get("gate", ov.get("method.gate")))
     tiers = src.get("tiers", method_cfg.get("tiers"))
     if tiers is None and "method.tiers" in ov:

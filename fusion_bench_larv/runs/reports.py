@@ -11,12 +11,13 @@ config choices and its experiment). :func:`read_job` reads all of it into a :cla
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -104,13 +105,24 @@ class Job:
     record: Optional[Dict[str, Any]] = None
     #: the resumable program's ``job.json`` (``None`` outside the lab)
     meta: Optional[Dict[str, Any]] = None
-    #: the job's command-line overrides (``None``: none found)
-    overrides: Optional[List[str]] = None
-    choices: Dict[str, str] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
+    def overrides(self) -> Optional[List[str]]:
+        """The job's command-line overrides (``None``: none found), read when first asked for
+        (the sweep table never asks: its job records hold them)."""
+        if self.meta is not None:
+            return [str(o) for o in self.meta.get("overrides") or []]
+        return (_read_overrides_yaml(self.folder / "hydra_output" / "overrides.yaml")
+                or _read_overrides_yaml(self.folder / "overrides.yaml"))
+
+    @functools.cached_property
     def override_dict(self) -> Dict[str, str]:
         return overrides_to_dict(self.overrides or [])
+
+    @property
+    def choices(self) -> Dict[str, str]:
+        """``job.json``'s config choices (``{}`` without one)."""
+        return {str(k): str(v) for k, v in ((self.meta or {}).get("choices") or {}).items()}
 
     def choice(self, group: str) -> str:
         """The config option of ``group`` (``modelpool``, ``method``, ``taskpool``): from
@@ -127,15 +139,8 @@ def read_job(folder: str | os.PathLike, report: Optional[str | os.PathLike] = No
     report_data = read_json(Path(report) if report is not None else folder / REPORT_NAME, warn=warn)
     record = read_json(folder / LAYER_RECORD, warn=warn) if (folder / LAYER_RECORD).exists() else None
     meta = read_json(folder / JOB_META, warn=warn) if (folder / JOB_META).exists() else None
-    job = Job(folder, report_data if isinstance(report_data, dict) else None,
-              record if isinstance(record, dict) else None, meta if isinstance(meta, dict) else None)
-    if job.meta is not None:
-        job.overrides = [str(o) for o in job.meta.get("overrides") or []]
-        job.choices = {str(k): str(v) for k, v in (job.meta.get("choices") or {}).items()}
-    else:
-        job.overrides = (_read_overrides_yaml(folder / "hydra_output" / "overrides.yaml")
-                         or _read_overrides_yaml(folder / "overrides.yaml"))
-    return job
+    return Job(folder, report_data if isinstance(report_data, dict) else None,
+               record if isinstance(record, dict) else None, meta if isinstance(meta, dict) else None)
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Dict[str, Any]], columns: Sequence[str]) -> Path:

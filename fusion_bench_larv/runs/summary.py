@@ -132,11 +132,12 @@ def summary_rows(records: Sequence[Dict[str, Any]], baseline: Optional[Dict[str,
         row: Dict[str, Any] = {"job": rec.get("job_num"), "status": rec.get("status")}
         row.update({k: ov.get(k, "") for k in swept})
         acc: Dict[str, float] = {}
-        job = read_job(rec["log_dir"], report=rec.get("report")) if rec.get("log_dir") else None
+        job = None
         if rec.get("status") == "completed" and rec.get("log_dir") in shared_log_dirs:
             row["status"] = "completed, shared log dir"
         elif rec.get("status") == "completed":
-            report = job.report if job is not None and rec.get("report") else None
+            job = read_job(rec["log_dir"], report=rec["report"]) if rec.get("log_dir") and rec.get("report") else None
+            report = job.report if job is not None else None
             acc = accuracies(report)
             if report is None:
                 row["status"] = "completed, no report"

@@ -46,7 +46,7 @@ import torch
 
 from ..blocks import BlockLayout, find_blocks, scale_map
 from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
-from ..state_dicts import rescale_update_, task_sum_l1
+from ..state_dicts import float_state_dict, rescale_update_, snapshot, task_sum_l1
 from .build import ensure
 from .datasets import load_split
 from .layerwise_facts import GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge
@@ -107,10 +107,6 @@ class _Suite:
     layout: BlockLayout
 
 
-def _float_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-
-
 def _load(assets, tasks: Sequence[str]) -> _Suite:
     from transformers import CLIPModel, CLIPProcessor, CLIPVisionModel
 
@@ -122,8 +118,8 @@ def _load(assets, tasks: Sequence[str]) -> _Suite:
     heads = {t: M.zeroshot_head(clip, processor, table[t]["classnames"], table[t]["templates"]) for t in tasks}
     data = {t: {split: load_split(assets, t, split) for split in ("val", "test")} for t in tasks}
     vision = CLIPVisionModel.from_pretrained(str(assets.pretrained)).eval()
-    theta0 = _float_state(vision)
-    finetuned = {t: _float_state(CLIPVisionModel.from_pretrained(str(assets.finetuned(t)))) for t in tasks}
+    theta0 = snapshot(float_state_dict(vision))
+    finetuned = {t: snapshot(float_state_dict(CLIPVisionModel.from_pretrained(str(assets.finetuned(t))))) for t in tasks}
     layout = find_blocks(theta0.keys())
     return _Suite(list(tasks), clip, vision, heads, data, theta0, finetuned, layout)
 
@@ -135,7 +131,7 @@ def _ramp(layout: BlockLayout, alpha: float, beta: float) -> Dict[str, float]:
 
 def _rescaled(theta0, state, scales: Mapping[str, float]) -> Dict[str, torch.Tensor]:
     """θ0 + λ ⊙ (state − θ0), a new state dict (``state`` is left as it is)."""
-    out = {k: v.clone() for k, v in state.items()}
+    out = snapshot(state)
     rescale_update_(out, theta0, scales)
     return out
 
@@ -257,7 +253,7 @@ def _trends(suite: _Suite, evaluate: _Evaluator) -> dict:
         e = torch.tensor([math.nan if r["e"] is None else r["e"] for r in rows], dtype=torch.float64)
         c = torch.tensor([math.nan if r["c"] is None else r["c"] for r in rows], dtype=torch.float64)
         valid = ~torch.tensor([r["zero_update"] for r in rows])
-        test = evaluate(_float_state(merged), suite.tasks, "test")
+        test = evaluate(snapshot(float_state_dict(merged)), suite.tasks, "test")
         out[merger] = {
             "e": e.tolist(),
             "c": c.tolist(),
