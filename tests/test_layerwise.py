@@ -73,6 +73,13 @@ class Oracle:
         lam = {k: alpha + beta * (depth[k] / last) if k in depth else alpha for k in state}
         return {k: state[k] if lam[k] == 1.0 else (state[k] - base[k]) * lam[k] + base[k] for k in state}
 
+    def blocks(self, state, lam, outside):
+        """θ0 + λ (θ − θ0) with λ = ``lam(ℓ, L)`` in block ℓ and ``outside`` elsewhere."""
+        depth = {k: int(m.group(1)) for k in state if (m := BLOCK.match(k))}
+        L = max(depth.values()) + 1
+        scale = {k: lam(depth[k], L) if k in depth else outside for k in state}
+        return {k: state[k] if scale[k] == 1.0 else (state[k] - self.theta0[k]) * scale[k] + self.theta0[k] for k in state}
+
 
 def mean(xs):
     xs = list(xs)
@@ -116,6 +123,31 @@ def test_single_task_retention_and_forgetting_match_an_independent_loop(measured
     facts = {f["fact"]: f for f in result["facts"]}
     assert facts["1"]["value"] == pytest.approx(retention, rel=1e-12)
     assert facts["2a"]["value"] == pytest.approx(loss, abs=1e-9)
+
+
+def test_depth_controls_match_an_independent_loop(measured, oracle, tiny_synth):
+    result, out = measured
+    tasks, single = tiny_synth.tasks, result["single_task"]
+    controls = {
+        "reversed": lambda l, L: 1.0 - 0.9 * l / (L - 1),
+        "uniform": lambda l, L: 0.55,
+        "deep_half": lambda l, L: float(l >= L // 2),
+        "shallow_half": lambda l, L: float(l < L // 2),
+    }
+    assert set(single["depth_controls"]) == set(controls)
+    for name, lam in controls.items():
+        own = {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], lam, 0.1), t) for t in tasks}
+        for t in tasks:
+            assert single["depth_controls"][name]["own"][t] == pytest.approx(own[t], abs=1e-9), (name, t)
+        assert single["depth_controls"][name]["mean"] == pytest.approx(mean(own.values()), abs=1e-9)
+    # the reversed ramp is the ramp read backwards: the same scales, the other depth order
+    rev = {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], controls["reversed"], 0.1), t) for t in tasks}
+    ramped = mean(single["ramped"][t][t] for t in tasks)
+    assert single["depth_gain"] == pytest.approx(ramped - mean(rev.values()), abs=1e-9)
+    facts = {f["fact"]: f for f in result["facts"]}
+    assert facts["1-depth"]["passed"] is None and facts["1-depth"]["value"] == pytest.approx(single["depth_gain"], abs=1e-12)
+    md = (out / f"layerwise_{len(tasks)}tasks_seed0.md").read_text()
+    assert "Where a task lives" in md and f"{single['depth_gain']:+.2f} points" in md
 
 
 def test_lines_against_task_arithmetic_matches_an_independent_loop(measured, oracle, tiny_synth):

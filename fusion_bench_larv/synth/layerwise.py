@@ -9,7 +9,12 @@ rule) and ``model.accuracy``:
 1. **Single-task retention.** Each fine-tuned tower's update τ_t = θ_t − θ0 scaled per block by
    the LiNeS ramp λ_ℓ = 0.1 + 0.9 ℓ/(L−1) (parameters outside the blocks: 0.1); the mean test
    accuracy of the ramped towers on their own tasks over that of the fine-tuned towers
-   (real CLIP ViT-B/32, 8 tasks: 90.5 → 90.3, 0.998).
+   (real CLIP ViT-B/32, 8 tasks: 90.5 → 90.3, 0.998). Reported beside it, the depth controls:
+   the same update with its blocks scaled by the reversed ramp (λ_ℓ = 1 − 0.9 ℓ/(L−1)), by the
+   ramp's mean 0.55 in every block, or kept whole in one half of the blocks and removed in the
+   other (outside the blocks 0.1 in each); ``depth_gain`` = ramped − reversed (points). On a
+   tower whose task lives in the deep blocks the ramp keeps more than the reversed ramp and the
+   uniform scale; where accuracy only follows the update's size, all three keep about the same.
 2. **Forgetting and its recovery.** For each task t, the mean test accuracy on the other tasks
    of the zero-shot model, of θ_t and of the ramped θ_t; ``loss`` = zero-shot − fine-tuned,
    ``recovered`` = (ramped − fine-tuned) / loss, both averaged over t first (real CLIP: 48.3 →
@@ -129,6 +134,20 @@ def _ramp(layout: BlockLayout, alpha: float, beta: float) -> Dict[str, float]:
     return scale_map(layout, linear_depth_scales(layout.num_blocks, alpha=alpha, beta=beta), non_block_scale=alpha)
 
 
+def _controls(layout: BlockLayout) -> Dict[str, Dict[str, float]]:
+    """``{name: {key: λ}}`` of the depth controls: the update's blocks scaled in another depth
+    order (reversed ramp), without order (uniform, the ramp's mean), or one half kept whole and
+    the other removed; outside the blocks ``SINGLE_ALPHA``, as in the ramp."""
+    L = layout.num_blocks
+    rows = {
+        "reversed": [float(x) for x in linear_depth_scales(L, alpha=SINGLE_ALPHA + SINGLE_BETA, beta=-SINGLE_BETA)],
+        "uniform": [SINGLE_ALPHA + SINGLE_BETA / 2] * L,
+        "deep_half": [0.0 if i < L // 2 else 1.0 for i in range(L)],
+        "shallow_half": [1.0 if i < L // 2 else 0.0 for i in range(L)],
+    }
+    return {name: scale_map(layout, scales, non_block_scale=SINGLE_ALPHA) for name, scales in rows.items()}
+
+
 def _rescaled(theta0, state, scales: Mapping[str, float]) -> Dict[str, torch.Tensor]:
     """θ0 + λ ⊙ (state − θ0), a new state dict (``state`` is left as it is)."""
     out = snapshot(state)
@@ -184,10 +203,16 @@ def _single_task(suite: _Suite, evaluate: _Evaluator) -> dict:
     ft_other = _mean(others(finetuned[t], t) for t in tasks)
     ramp_other = _mean(others(ramped[t], t) for t in tasks)
     loss = zs_other - ft_other
+    controls = {}
+    for name, control in _controls(suite.layout).items():
+        own = {t: evaluate(_rescaled(suite.theta0, suite.finetuned[t], control), [t])[t] for t in tasks}
+        controls[name] = {"own": own, "mean": _mean(own.values())}
     return {
         "zero_shot": zero_shot,
         "finetuned": finetuned,
         "ramped": ramped,
+        "depth_controls": controls,
+        "depth_gain": target_ramp - controls["reversed"]["mean"],
         "target": {"finetuned": target_ft, "ramped": target_ramp, "retention": target_ramp / target_ft},
         "others": {
             "zero_shot": zs_other,
@@ -286,7 +311,7 @@ def measure(
     try:
         suite = _load(assets, tasks)
         n = len(tasks)
-        total = n + 2 * n * n + 2 * (len(GRID) * n + n) + len(MERGERS) * n
+        total = n + 2 * n * n + 4 * n + 2 * (len(GRID) * n + n) + len(MERGERS) * n
         evaluate = _Evaluator(suite, total, progress)
         try:
             single = _single_task(suite, evaluate)

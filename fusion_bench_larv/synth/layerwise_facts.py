@@ -67,6 +67,8 @@ def judge(n_tasks: int, single: dict, merge: dict, trends: dict) -> List[dict]:
     retention = single["target"]["retention"]
     add("1", "single task: ramped / fine-tuned target accuracy (mean over tasks)", f">= {th['retention_min']}",
         retention, retention >= th["retention_min"])
+    add("1-depth", "single task: ramped minus reversed-ramp target accuracy (points; depth controls below)",
+        "reported", single["depth_gain"], None, "{:+.2f}")
     loss, recovered = single["others"]["loss"], single["others"]["recovered"]
     add("2a", "forgetting: zero-shot minus fine-tuned accuracy on the other tasks (points)",
         f">= {th['forgetting_min_points']}", loss, loss >= th["forgetting_min_points"], "{:.2f}")
@@ -124,8 +126,9 @@ def format_markdown(result: dict, command: Optional[str] = None) -> str:
     tg, ot = single["target"], single["others"]
     lines.append(f"| **mean** | {_mean(single['zero_shot'].values()):.1f} | {tg['finetuned']:.1f} | {tg['ramped']:.1f} | "
                  f"{ot['zero_shot']:.1f} | {ot['finetuned']:.1f} | {ot['ramped']:.1f} |")
-    lines += ["", f"Ramp λ_ℓ = {SINGLE_ALPHA} + {SINGLE_BETA} ℓ/(L−1), {SINGLE_ALPHA} outside the blocks.", "",
-              "## Fact 3: LiNeS against task arithmetic (mean accuracy, %)", "",
+    lines += ["", f"Ramp λ_ℓ = {SINGLE_ALPHA} + {SINGLE_BETA} ℓ/(L−1), {SINGLE_ALPHA} outside the blocks.", ""]
+    lines += _controls_markdown(tasks, single)
+    lines += ["## Fact 3: LiNeS against task arithmetic (mean accuracy, %)", "",
               f"LiNeS α = {merge['alpha']:.4f}. Validation curves (λ for task arithmetic, β for LiNeS):", "",
               "| | " + " | ".join(f"{v:g}" for v in GRID) + " | chosen | val | test |",
               "|---|" + "---:|" * (len(GRID) + 3)]
@@ -141,6 +144,33 @@ def format_markdown(result: dict, command: Optional[str] = None) -> str:
         lines.append(f"| {merger} | {v['test_mean']:.1f} | {fmt(v['e_rho'])} | {fmt(v['c_rho'])} | "
                      + " ".join(f"{x:.3f}" for x in v["e"]) + " | " + " ".join(f"{x:.3f}" for x in v["c"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+CONTROL_LABELS = {
+    "reversed": "reversed ramp",
+    "uniform": f"uniform {SINGLE_ALPHA + SINGLE_BETA / 2:g}",
+    "deep_half": "deep half only",
+    "shallow_half": "shallow half only",
+}
+
+
+def _controls_markdown(tasks, single: dict) -> List[str]:
+    """Fact 1's depth controls: each tower's own accuracy with its update rescaled in other ways."""
+    controls = single["depth_controls"]
+    lines = ["### Where a task lives: depth controls (own-task test accuracy, %)", "",
+             "The same update with its blocks scaled otherwise (outside the blocks "
+             f"{SINGLE_ALPHA} in each): the reversed ramp λ_ℓ = {SINGLE_ALPHA + SINGLE_BETA:g} − {SINGLE_BETA} ℓ/(L−1), "
+             "the ramp's mean in every block, or one half of the blocks kept whole and the other removed.", "",
+             "| task | fine-tuned | ramped | " + " | ".join(CONTROL_LABELS[c] for c in controls) + " |",
+             "|---|---:|---:|" + "---:|" * len(controls)]
+    for t in tasks:
+        lines.append(f"| {t} | {single['finetuned'][t][t]:.1f} | {single['ramped'][t][t]:.1f} | "
+                     + " | ".join(f"{c['own'][t]:.1f}" for c in controls.values()) + " |")
+    tg = single["target"]
+    lines.append(f"| **mean** | {tg['finetuned']:.1f} | {tg['ramped']:.1f} | "
+                 + " | ".join(f"{c['mean']:.1f}" for c in controls.values()) + " |")
+    lines += ["", f"Depth gain (ramped − reversed ramp, mean): {single['depth_gain']:+.2f} points.", ""]
+    return lines
 
 
 def write_report(result: dict, out: Union[str, Path], command: Optional[str] = None) -> Dict[str, Path]:
