@@ -65,20 +65,17 @@ class Oracle:
         return 100.0 * float((pred == y).sum()) / len(y)
 
     def ramp(self, state, alpha, beta, base=None):
-        """θ0 + λ (θ − θ0), λ = α + β ℓ/(L−1) in block ℓ, α elsewhere (float32, in the op order of
-        an in-place ``(w − b) λ + b``; λ = 1 leaves a tensor as it is)."""
-        base = self.theta0 if base is None else base
-        depth = {k: int(m.group(1)) for k in state if (m := BLOCK.match(k))}
-        last = max(depth.values())
-        lam = {k: alpha + beta * (depth[k] / last) if k in depth else alpha for k in state}
-        return {k: state[k] if lam[k] == 1.0 else (state[k] - base[k]) * lam[k] + base[k] for k in state}
+        """θ0 + λ (θ − θ0), λ = α + β ℓ/(L−1) in block ℓ, α elsewhere."""
+        return self.blocks(state, lambda l, L: alpha + beta * (l / (L - 1)), alpha, base)
 
-    def blocks(self, state, lam, outside):
-        """θ0 + λ (θ − θ0) with λ = ``lam(ℓ, L)`` in block ℓ and ``outside`` elsewhere."""
+    def blocks(self, state, lam, outside, base=None):
+        """θ0 + λ (θ − θ0) with λ = ``lam(ℓ, L)`` in block ℓ and ``outside`` elsewhere (float32, in
+        the op order of an in-place ``(w − b) λ + b``; λ = 1 leaves a tensor as it is)."""
+        base = self.theta0 if base is None else base
         depth = {k: int(m.group(1)) for k in state if (m := BLOCK.match(k))}
         L = max(depth.values()) + 1
         scale = {k: lam(depth[k], L) if k in depth else outside for k in state}
-        return {k: state[k] if scale[k] == 1.0 else (state[k] - self.theta0[k]) * scale[k] + self.theta0[k] for k in state}
+        return {k: state[k] if scale[k] == 1.0 else (state[k] - base[k]) * scale[k] + base[k] for k in state}
 
 
 def mean(xs):
@@ -135,15 +132,14 @@ def test_depth_controls_match_an_independent_loop(measured, oracle, tiny_synth):
         "shallow_half": lambda l, L: float(l < L // 2),
     }
     assert set(single["depth_controls"]) == set(controls)
-    for name, lam in controls.items():
-        own = {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], lam, 0.1), t) for t in tasks}
+    own = {name: {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], lam, 0.1), t) for t in tasks}
+           for name, lam in controls.items()}
+    for name in controls:
         for t in tasks:
-            assert single["depth_controls"][name]["own"][t] == pytest.approx(own[t], abs=1e-9), (name, t)
-        assert single["depth_controls"][name]["mean"] == pytest.approx(mean(own.values()), abs=1e-9)
-    # the reversed ramp is the ramp read backwards: the same scales, the other depth order
-    rev = {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], controls["reversed"], 0.1), t) for t in tasks}
+            assert single["depth_controls"][name]["own"][t] == pytest.approx(own[name][t], abs=1e-9), (name, t)
+        assert single["depth_controls"][name]["mean"] == pytest.approx(mean(own[name].values()), abs=1e-9)
     ramped = mean(single["ramped"][t][t] for t in tasks)
-    assert single["depth_gain"] == pytest.approx(ramped - mean(rev.values()), abs=1e-9)
+    assert single["depth_gain"] == pytest.approx(ramped - mean(own["reversed"].values()), abs=1e-9)
     facts = {f["fact"]: f for f in result["facts"]}
     assert facts["1-depth"]["passed"] is None and facts["1-depth"]["value"] == pytest.approx(single["depth_gain"], abs=1e-12)
     md = (out / f"layerwise_{len(tasks)}tasks_seed0.md").read_text()
