@@ -7,9 +7,11 @@ ramp over the state dict (a regex on the block names) and its own accuracy loop,
 them with what the command wrote. Plus the refusals of bad input, before anything is written.
 """
 
+import contextlib
 import json
 import math
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -87,9 +89,13 @@ def mean(xs):
 def measured(tiny_synth, tmp_path_factory):
     out = tmp_path_factory.mktemp("layerwise") / "report"
     tasks = ",".join(tiny_synth.tasks)
-    assert main(["layerwise", "--tasks", tasks, "--cache-dir", str(tiny_synth.cache_dir), "--out", str(out)]) == 0
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as terminal:  # FusionBench asks stdout for a fileno()
+        with contextlib.redirect_stdout(terminal):
+            assert main(["layerwise", "--tasks", tasks, "--cache-dir", str(tiny_synth.cache_dir), "--out", str(out)]) == 0
+        terminal.seek(0)
+        printed = terminal.read()
     result = json.loads((out / f"layerwise_{len(tiny_synth.tasks)}tasks_seed0.json").read_text())
-    return result, out
+    return result, out, printed
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,7 @@ def oracle(tiny_synth):
 
 
 def test_single_task_retention_and_forgetting_match_an_independent_loop(measured, oracle, tiny_synth):
-    result, _ = measured
+    result, _, _ = measured
     tasks = tiny_synth.tasks
     zs = {s: oracle.accuracy(oracle.theta0, s) for s in tasks}
     ft = {t: {s: oracle.accuracy(oracle.finetuned[t], s) for s in tasks} for t in tasks}
@@ -123,7 +129,7 @@ def test_single_task_retention_and_forgetting_match_an_independent_loop(measured
 
 
 def test_depth_controls_match_an_independent_loop(measured, oracle, tiny_synth):
-    result, out = measured
+    result, out, _ = measured
     tasks, single = tiny_synth.tasks, result["single_task"]
     controls = {
         "reversed": lambda l, L: 1.0 - 0.9 * l / (L - 1),
@@ -147,7 +153,7 @@ def test_depth_controls_match_an_independent_loop(measured, oracle, tiny_synth):
 
 
 def test_lines_against_task_arithmetic_matches_an_independent_loop(measured, oracle, tiny_synth):
-    result, _ = measured
+    result, _, _ = measured
     tasks, theta0 = tiny_synth.tasks, oracle.theta0
     summed = {k: theta0[k] + sum(oracle.finetuned[t][k] - theta0[k] for t in tasks) for k in theta0}
     T = len(tasks)
@@ -170,7 +176,7 @@ def test_lines_against_task_arithmetic_matches_an_independent_loop(measured, ora
 
 
 def test_report_files_and_trends(measured, tiny_synth):
-    result, out = measured
+    result, out, _ = measured
     md = (out / f"layerwise_{len(tiny_synth.tasks)}tasks_seed0.md").read_text()
     assert "python -m fusion_bench_larv.synth layerwise --tasks" in md
     for fact in result["facts"]:
@@ -189,6 +195,15 @@ def test_report_files_and_trends(measured, tiny_synth):
     # only facts 1-3 and the 8-task trends of TA and TIES have thresholds; a 4-task suite judges facts 1-3
     judged = [f["fact"] for f in result["facts"] if f["passed"] is not None]
     assert judged == ["1", "2a", "2b", "3"]
+
+
+def test_the_terminal_shows_the_facts_not_fusion_benchs_merger_chatter(measured):
+    result, out, terminal = measured
+    for fact in result["facts"]:
+        assert f"  {fact['fact']:24s} {fact['shown']:>8s}" in terminal
+    assert f"wrote {out}" in terminal
+    # Iso-C / Iso-CTS print "Combining by avg <key>..." per parameter, the other mergers a profiler table
+    assert "Combining by" not in terminal and "Action" not in terminal, terminal[:2000]
 
 
 @pytest.mark.parametrize("args,key,value", [

@@ -38,10 +38,12 @@ reads or computes a LARV-gated model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +254,27 @@ def _lines_vs_ta(suite: _Suite, evaluate: _Evaluator) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _merger_output_to_debug(merger: str):
+    """Keep FusionBench's merger chatter off the terminal while ``merger`` runs: its bare
+    ``print`` calls (Iso-C's "Combining by avg <key>..." per parameter, the profiler table) go to
+    this module's DEBUG log, and its ``fusion_bench`` INFO records are held back (warnings pass)."""
+    chatter = logging.getLogger("fusion_bench")
+    level = chatter.level
+    chatter.setLevel(max(level, logging.WARNING))
+    # a real file, not io.StringIO: FusionBench's rich setup asks sys.stdout for its fileno()
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as buffer:
+        try:
+            with contextlib.redirect_stdout(buffer):
+                yield
+        finally:
+            chatter.setLevel(level)
+            buffer.seek(0)
+            printed = buffer.read().rstrip()
+            if printed:
+                log.debug("%s printed:\n%s", merger, printed)
+
+
 def _trends(suite: _Suite, evaluate: _Evaluator) -> dict:
     """Fact 4: e and c per block of each merger's merged update, their depth Spearman, and the
     bare merger's test accuracy."""
@@ -273,7 +296,8 @@ def _trends(suite: _Suite, evaluate: _Evaluator) -> dict:
         pool = BaseModelPool({"_pretrained_": tower(suite.theta0), **{t: tower(suite.finetuned[t]) for t in suite.tasks}})
         torch.manual_seed(0)
         algo = LARVAlgorithm(base_method=BASE_MERGERS[merger], gate="identity", apply="post")
-        merged = algo.run(pool)
+        with _merger_output_to_debug(merger):
+            merged = algo.run(pool)
         rows = algo.record["blocks"]
         e = torch.tensor([math.nan if r["e"] is None else r["e"] for r in rows], dtype=torch.float64)
         c = torch.tensor([math.nan if r["c"] is None else r["c"] for r in rows], dtype=torch.float64)
