@@ -256,19 +256,23 @@ def _lines_vs_ta(suite: _Suite, evaluate: _Evaluator) -> dict:
 
 @contextlib.contextmanager
 def _merger_output_to_debug(merger: str):
-    """Keep FusionBench's merger chatter off the terminal while ``merger`` runs: its bare
-    ``print`` calls (Iso-C's "Combining by avg <key>..." per parameter, the profiler table) go to
-    this module's DEBUG log, and its ``fusion_bench`` INFO records are held back (warnings pass)."""
-    chatter = logging.getLogger("fusion_bench")
-    level = chatter.level
-    chatter.setLevel(max(level, logging.WARNING))
+    """Keep the mergers' chatter off the terminal while ``merger`` runs: FusionBench's bare
+    ``print`` calls (Iso-C's "Combining by avg <key>..." per parameter, profiler tables, rich
+    panels) go to this module's DEBUG log; FusionBench's records below ERROR (the model pool's
+    in-place and fabric-settings warnings, which this fixed set-up always triggers) and the
+    wrapper's per-block INFO line are held back."""
+    quieted = {"fusion_bench": logging.ERROR, "fusion_bench_larv.algorithm": logging.WARNING}
+    levels = {name: logging.getLogger(name).level for name in quieted}
+    for name, level in quieted.items():
+        logging.getLogger(name).setLevel(max(levels[name], level))
     # a real file, not io.StringIO: FusionBench's rich setup asks sys.stdout for its fileno()
     with tempfile.TemporaryFile("w+", encoding="utf-8") as buffer:
         try:
             with contextlib.redirect_stdout(buffer):
                 yield
         finally:
-            chatter.setLevel(level)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
             buffer.seek(0)
             printed = buffer.read().rstrip()
             if printed:
