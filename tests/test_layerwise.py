@@ -197,6 +197,40 @@ def test_report_files_and_trends(measured, tiny_synth):
     assert judged == ["1", "2a", "2b", "3"]
 
 
+def test_rank_profile_matches_singular_values(measured, oracle, tiny_synth):
+    """Per block: r_eff = exp(entropy of σ²/Σσ²) from numpy's SVD, over the 2-D weights with both
+    sides > 1 (attention q/k/v/out, MLP fc1/fc2) of W0, of each τ_t and of Σ τ_t."""
+    result, out, _ = measured
+    ranks = result["rank_profile"]
+
+    def r_eff(a):
+        s = np.linalg.svd(a.double().numpy(), compute_uv=False) ** 2
+        p = s[s > 0] / s.sum()
+        return float(np.exp(-(p * np.log(p)).sum()))
+
+    L = result["num_blocks"]
+    expected = {"pretrained": [], "task": [], "sum": [], "e_tasks": []}
+    for layer in range(L):
+        keys = [k for k, v in oracle.theta0.items()
+                if (m := BLOCK.match(k)) and int(m.group(1)) == layer and v.ndim == 2 and min(v.shape) > 1]
+        assert len(keys) == 6, keys  # q, k, v, out, fc1, fc2
+        taus = {t: {k: oracle.finetuned[t][k] - oracle.theta0[k] for k in keys} for t in tiny_synth.tasks}
+        r0 = {k: r_eff(oracle.theta0[k]) for k in keys}
+        per_task = [[r_eff(taus[t][k]) for k in keys] for t in tiny_synth.tasks]
+        expected["pretrained"].append(mean(r0.values()))
+        expected["task"].append(mean(x for row in per_task for x in row))
+        expected["sum"].append(mean(r_eff(sum(taus[t][k] for t in tiny_synth.tasks)) for k in keys))
+        expected["e_tasks"].append(mean(r0[k] / (row[i] + 1e-8) for row in per_task for i, k in enumerate(keys)))
+    for key, values in expected.items():
+        assert ranks[key] == pytest.approx(values, rel=1e-6), key
+    e = np.array(expected["e_tasks"])
+    rho = np.corrcoef(np.argsort(np.argsort(e)).astype(float), np.arange(L, dtype=float))[0, 1]
+    assert ranks["e_tasks_rho"] == pytest.approx(rho, abs=1e-9)
+    md = (out / f"layerwise_{len(tiny_synth.tasks)}tasks_seed0.md").read_text()
+    assert "### What sets task arithmetic's e: effective ranks by block" in md
+    assert f"| {L - 1} | {expected['pretrained'][-1]:.2f} | {expected['task'][-1]:.2f} | {expected['sum'][-1]:.2f} |" in md
+
+
 def test_the_terminal_shows_the_facts_not_fusion_benchs_merger_chatter(measured):
     result, out, terminal = measured
     for fact in result["facts"]:

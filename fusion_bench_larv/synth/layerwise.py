@@ -30,6 +30,9 @@ rule) and ``model.accuracy``:
    path (``LARVAlgorithm`` with ``gate: identity``, ``source: merged``: the values of
    docs/results/larv_blocks.csv), and their Spearman correlation with depth
    (``gates.depth_rank_correlation``). The bare mergers' test accuracies come with them.
+   Beside them, what sets task arithmetic's e (``rank_profile``): per block, the effective ranks
+   of W0, of each task's update τ_t and of their sum, and each task's own contrast
+   r_eff(W0) / r_eff(τ_t) (LARV's ``source: task_vectors``) with its depth Spearman.
 
 The ramp and the rescaling are the package's (``gates.linear_depth_scales``, ``blocks.scale_map``,
 ``state_dicts.rescale_update_``). Thresholds, judging and the report files: :mod:`.layerwise_facts`. Nothing here
@@ -51,7 +54,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..blocks import BlockLayout, find_blocks, scale_map
+from ..blocks import BlockLayout, diagnostic_keys, find_blocks, scale_map
+from ..diagnostics import effective_rank
 from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
 from ..state_dicts import float_state_dict, rescale_update_, snapshot, task_sum_l1
 from .build import ensure
@@ -318,6 +322,31 @@ def _trends(suite: _Suite, evaluate: _Evaluator) -> dict:
     return out
 
 
+def _rank_profile(suite: _Suite, eps: float = 1e-8) -> dict:
+    """What sets task arithmetic's e: per block, means over its diagnostic matrices of r_eff(W0),
+    of r_eff(τ_t) (then over tasks), and of r_eff(Σ_t τ_t), task arithmetic's merged update up to
+    its scale (so r_eff(W0) / r_eff(Σ τ) is its e before the mean over matrices). ``e_tasks``: the
+    contrast of each task's own update, r_eff(W0) / (r_eff(τ_t) + eps), averaged over matrices and
+    tasks (LARV's ``source: task_vectors``), and its depth Spearman. A block whose updates are all
+    zero gets ``nan`` and is left out of the Spearman."""
+    out = {"pretrained": [], "task": [], "sum": [], "e_tasks": []}
+    for block in suite.layout.blocks:
+        keys = diagnostic_keys(block, suite.theta0)
+        w0 = [suite.theta0[k].double() for k in keys]
+        taus = [[suite.finetuned[t][k].double() - a for k, a in zip(keys, w0)] for t in suite.tasks]
+        r0 = torch.stack([effective_rank(a) for a in w0])
+        r_tau = torch.stack([torch.stack([effective_rank(d) for d in per_task]) for per_task in taus])  # [T, M]
+        r_sum = torch.stack([effective_rank(sum(per_task[m] for per_task in taus)) for m in range(len(keys))])
+        zero = all(float(d.abs().max()) == 0.0 for per_task in taus for d in per_task)
+        out["pretrained"].append(float(r0.mean()))
+        out["task"].append(math.nan if zero else float(r_tau.mean()))
+        out["sum"].append(math.nan if zero else float(r_sum.mean()))
+        out["e_tasks"].append(math.nan if zero else float((r0 / (r_tau + eps)).mean()))
+    e = torch.tensor(out["e_tasks"], dtype=torch.float64)
+    out["e_tasks_rho"] = depth_rank_correlation(e, torch.isfinite(e))
+    return out
+
+
 # ----------------------------------------------------------------------------- entry points
 def measure(
     tasks: Union[str, int, Sequence[str]] = 8,
@@ -345,6 +374,7 @@ def measure(
             single = _single_task(suite, evaluate)
             merge = _lines_vs_ta(suite, evaluate)
             trends = _trends(suite, evaluate)
+            ranks = _rank_profile(suite)
         finally:
             evaluate.bar.close()
     finally:
@@ -365,6 +395,7 @@ def measure(
         "single_task": single,
         "lines_vs_task_arithmetic": merge,
         "trends": trends,
+        "rank_profile": ranks,
         "seconds": time.perf_counter() - start,
         "threads": torch.get_num_threads() if threads is None else threads,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
