@@ -1,0 +1,151 @@
+"""Research builds of docs/benchmark.md, "Tried (research, 2026-12-05, second session)".
+
+They change the generator or the pretraining loss in ways that are not `Recipe` fields, so they
+are not `python -m fusion_bench_larv.synth build` options. Each variant patches one function of
+the package in this process and then runs `build` with the given flags; the assets go where
+`--cache-dir` says and record the recipe of the flags only (not the patch), so keep each
+variant in a cache folder of its own. Measure a build with
+`python -m fusion_bench_larv.synth layerwise --tasks 8 --cache-dir DIR --out OUT`.
+
+    python scripts/layerwise_research.py grain 25 10 -- --tasks 8 --from-scratch --cache-dir DIR ...
+        every image gets a random low-frequency colour field (std 25 per 8-px cell, smoothed) and
+        pixel grain (std 10), in pretraining and in the task datasets alike
+    python scripts/layerwise_research.py domain 25 -- --tasks 8 --from-scratch --cache-dir DIR ...
+        each task gets a fixed low-level domain of its own (a colour mixing I + N(0, 0.25) and a
+        faint grating of amplitude 25, both drawn from the task's name)
+    python scripts/layerwise_research.py holdout -- --tasks 8 --from-scratch --cache-dir DIR ...
+        the supervised term of pretraining skips the images of the 8-task suite (they stay in
+        the contrastive term); it is trained on the other 12 tasks' labels only
+    python scripts/layerwise_research.py ft-only SRC DST key=value ...
+        fine-tune the 8 towers again from SRC's pretrained model (SRC's prompts and datasets are
+        copied to DST), with the recipe's fine-tuning fields overridden, e.g. finetune_lr=6e-5;
+        ft_weight_decay=X sets the fine-tuning weight decay alone (the recipe has one for both)
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import shutil
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+
+def _build(args):
+    from fusion_bench_larv.synth.__main__ import main
+
+    return main(["build", *args])
+
+
+def grain(field_std: float, grain_std: float, args) -> int:
+    from fusion_bench_larv.synth import tasks as T
+
+    render = T.render
+
+    def grained(scene, rng):
+        arr = render(scene, rng).astype(np.float64)
+        field = np.kron(rng.normal(0, field_std, (4, 4, 3)), np.ones((8, 8, 1)))
+        field = (field + np.roll(field, 4, 0) + np.roll(field, 4, 1) + np.roll(field, (4, 4), (0, 1))) / 4
+        arr = arr + field + rng.normal(0, grain_std, arr.shape)
+        return np.clip(arr, 0, 255).round().astype(np.uint8)
+
+    T.render = grained  # tasks.generate looks `render` up in its module
+    return _build(args)
+
+
+def domain(amplitude: float, args) -> int:
+    from fusion_bench_larv.synth import build as B
+    from fusion_bench_larv.synth import datasets as D
+    from fusion_bench_larv.synth import tasks as T
+
+    generate = T.generate
+
+    def with_domain(task, split, n, seed, *rest, **kw):
+        out = generate(task, split, n, seed, *rest, **kw)
+        r = np.random.default_rng(zlib.crc32(task.encode()))
+        mix = np.eye(3) + r.normal(0, 0.25, (3, 3))
+        theta, freq, phase = r.uniform(0, np.pi), r.uniform(0.15, 0.8), r.uniform(0, 2 * np.pi)
+        y, x = np.mgrid[0:T.IMAGE_SIZE, 0:T.IMAGE_SIZE]
+        grating = np.sin(freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)[..., None] * r.uniform(0.5, 1.0, 3)
+        images = np.clip(out[0].astype(np.float64) @ mix.T + amplitude * grating, 0, 255).round().astype(np.uint8)
+        return (images, *out[1:])
+
+    B.generate = D.generate = with_domain  # both import it by name
+    return _build(args)
+
+
+def holdout(args) -> int:
+    import torch
+
+    from fusion_bench_larv.synth import model as M
+    from fusion_bench_larv.synth.tasks import SUITES, suite_tasks
+
+    source = textwrap.dedent(inspect.getsource(M.pretrain))
+    old = "loss = loss + label_weight * F.cross_entropy(logits.masked_fill(~own, -1e4), target[idx])"
+    new = ("ce = F.cross_entropy(logits.masked_fill(~own, -1e4), target[idx], reduction='none'); "
+           "kept = SUPERVISED[task_of[idx]]; loss = loss + label_weight * (ce * kept).sum() / kept.sum().clamp(min=1)")
+    if old not in source:
+        raise SystemExit("holdout: model.pretrain's supervised loss line changed; update this script")
+    suite = suite_tasks(20)
+    namespace = dict(vars(M))
+    namespace["SUPERVISED"] = torch.tensor([0.0 if t in SUITES[8] else 1.0 for t in suite])
+    exec(compile(source.replace(old, new), "pretrain_holdout", "exec"), namespace)
+    M.pretrain = namespace["pretrain"]
+    print("supervised term on:", ", ".join(t for t in suite if t not in SUITES[8]))
+    return _build(args)
+
+
+def ft_only(src: str, dst: str, overrides) -> int:
+    from fusion_bench_larv.synth import build as B
+    from fusion_bench_larv.synth import model as M
+    from fusion_bench_larv.synth.tasks import SUITES
+
+    over = dict(a.split("=", 1) for a in overrides)
+    weight_decay = over.pop("ft_weight_decay", None)
+    s, d = Path(src) / "tinyclip_synth_seed0", Path(dst) / "tinyclip_synth_seed0"
+    if d.exists():
+        raise SystemExit(f"ft-only: {d} exists; use a new DST")
+    d.mkdir(parents=True)
+    manifest = json.loads((s / "manifest.json").read_text())
+    shutil.copy(s / "prompts.json", d / "prompts.json")
+    for name in ("data", "pretrained"):
+        shutil.copytree(s / name, d / name)
+    for key, value in over.items():
+        manifest["recipe"][key] = type(manifest["recipe"][key])(ast.literal_eval(value))
+    for key in ("digests", "timings_s"):
+        manifest[key] = {a: v for a, v in manifest[key].items() if not a.startswith("finetuned/")}
+    manifest["shipped"] = []
+    (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if weight_decay is not None:
+        finetune = M.finetune
+
+        def decayed(*a, **kw):
+            return finetune(*a, **{**kw, "weight_decay": float(weight_decay)})
+
+        M.finetune = decayed  # build calls M.finetune
+    B.build(SUITES[8], cache_dir=dst, recipe=B.Recipe(**manifest["recipe"]), shipped=False)
+    return 0
+
+
+def main(argv) -> int:
+    if not argv or argv[0] not in ("grain", "domain", "holdout", "ft-only"):
+        print(__doc__)
+        return 2
+    what, rest = argv[0], argv[1:]
+    if what == "ft-only":
+        return ft_only(rest[0], rest[1], rest[2:])
+    params, args = (rest[:rest.index("--")], rest[rest.index("--") + 1:]) if "--" in rest else ([], rest)
+    if what == "grain":
+        return grain(float(params[0]), float(params[1]), args)
+    if what == "domain":
+        return domain(float(params[0]), args)
+    return holdout(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
