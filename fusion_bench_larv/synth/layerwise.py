@@ -54,13 +54,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..blocks import BlockLayout, diagnostic_keys, find_blocks, scale_map
-from ..diagnostics import effective_rank
+from ..blocks import BlockLayout, find_blocks, scale_map
 from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
 from ..state_dicts import float_state_dict, rescale_update_, snapshot, task_sum_l1
 from .build import ensure
 from .datasets import load_split
 from .layerwise_facts import GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge
+from .layerwise_ranks import rank_profile
 from .tasks import SUITE_ORDER, SUITES
 
 log = logging.getLogger(__name__)
@@ -322,31 +322,6 @@ def _trends(suite: _Suite, evaluate: _Evaluator) -> dict:
     return out
 
 
-def _rank_profile(suite: _Suite, eps: float = 1e-8) -> dict:
-    """What sets task arithmetic's e: per block, means over its diagnostic matrices of r_eff(W0),
-    of r_eff(τ_t) (then over tasks), and of r_eff(Σ_t τ_t), task arithmetic's merged update up to
-    its scale (so r_eff(W0) / r_eff(Σ τ) is its e before the mean over matrices). ``e_tasks``: the
-    contrast of each task's own update, r_eff(W0) / (r_eff(τ_t) + eps), averaged over matrices and
-    tasks (LARV's ``source: task_vectors``), and its depth Spearman. A block whose updates are all
-    zero gets ``nan`` and is left out of the Spearman."""
-    out = {"pretrained": [], "task": [], "sum": [], "e_tasks": []}
-    for block in suite.layout.blocks:
-        keys = diagnostic_keys(block, suite.theta0)
-        w0 = [suite.theta0[k].double() for k in keys]
-        taus = [[suite.finetuned[t][k].double() - a for k, a in zip(keys, w0)] for t in suite.tasks]
-        r0 = torch.stack([effective_rank(a) for a in w0])
-        r_tau = torch.stack([torch.stack([effective_rank(d) for d in per_task]) for per_task in taus])  # [T, M]
-        r_sum = torch.stack([effective_rank(sum(per_task[m] for per_task in taus)) for m in range(len(keys))])
-        zero = all(float(d.abs().max()) == 0.0 for per_task in taus for d in per_task)
-        out["pretrained"].append(float(r0.mean()))
-        out["task"].append(math.nan if zero else float(r_tau.mean()))
-        out["sum"].append(math.nan if zero else float(r_sum.mean()))
-        out["e_tasks"].append(math.nan if zero else float((r0 / (r_tau + eps)).mean()))
-    e = torch.tensor(out["e_tasks"], dtype=torch.float64)
-    out["e_tasks_rho"] = depth_rank_correlation(e, torch.isfinite(e))
-    return out
-
-
 # ----------------------------------------------------------------------------- entry points
 def measure(
     tasks: Union[str, int, Sequence[str]] = 8,
@@ -374,7 +349,7 @@ def measure(
             single = _single_task(suite, evaluate)
             merge = _lines_vs_ta(suite, evaluate)
             trends = _trends(suite, evaluate)
-            ranks = _rank_profile(suite)
+            ranks = rank_profile(suite.theta0, suite.finetuned, suite.layout)
         finally:
             evaluate.bar.close()
     finally:

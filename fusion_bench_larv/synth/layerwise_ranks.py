@@ -1,0 +1,47 @@
+"""What sets task arithmetic's e in ``python -m fusion_bench_larv.synth layerwise``: the effective
+ranks behind it, block by block (docs/benchmark.md, "Why fact 4 fails for task arithmetic").
+
+LARV's e_ℓ of a merged update D is r_eff(W0) / r_eff(D), averaged over the block's diagnostic
+matrices. For task arithmetic D is λ Σ_t τ_t, and r_eff does not see λ, so its e follows the rank
+of the sum of the task updates. This module reports that rank beside the rank of each update
+alone, so that a report shows which of the two sets the trend with depth.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from ..blocks import BlockLayout, diagnostic_keys
+from ..diagnostics import effective_rank
+from ..gates import depth_rank_correlation
+
+__all__ = ["rank_profile"]
+
+
+def rank_profile(theta0: Mapping[str, torch.Tensor], finetuned: Mapping[str, Mapping[str, torch.Tensor]],
+                 layout: BlockLayout, eps: float = 1e-8) -> dict:
+    """Per block, means over its diagnostic matrices (``blocks.diagnostic_keys``) of r_eff(W0)
+    (``pretrained``), of r_eff(τ_t) (then over the tasks of ``finetuned``: ``task``) and of
+    r_eff(Σ_t τ_t) (``sum``); ``e_tasks``: each task's own contrast r_eff(W0) / (r_eff(τ_t) + eps),
+    averaged over matrices and tasks (LARV's ``source: task_vectors``), and ``e_tasks_rho``, its
+    Spearman correlation with depth. A block whose updates are all zero gets ``nan`` (left out of
+    the Spearman). ``eps`` is the diagnostics' default."""
+    out = {"pretrained": [], "task": [], "sum": [], "e_tasks": []}
+    for block in layout.blocks:
+        keys = diagnostic_keys(block, theta0)
+        w0 = [theta0[k].double() for k in keys]
+        taus = [[state[k].double() - a for k, a in zip(keys, w0)] for state in finetuned.values()]
+        r0 = torch.stack([effective_rank(a) for a in w0])
+        r_tau = torch.stack([torch.stack([effective_rank(d) for d in per_task]) for per_task in taus])  # [T, M]
+        r_sum = torch.stack([effective_rank(sum(per_task[m] for per_task in taus)) for m in range(len(keys))])
+        zero = all(float(d.abs().max()) == 0.0 for per_task in taus for d in per_task)
+        out["pretrained"].append(float(r0.mean()))
+        out["task"].append(math.nan if zero else float(r_tau.mean()))
+        out["sum"].append(math.nan if zero else float(r_sum.mean()))
+        out["e_tasks"].append(math.nan if zero else float((r0 / (r_tau + eps)).mean()))
+    e = torch.tensor(out["e_tasks"], dtype=torch.float64)
+    out["e_tasks_rho"] = depth_rank_correlation(e, torch.isfinite(e))
+    return out
