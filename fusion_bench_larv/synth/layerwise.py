@@ -349,9 +349,9 @@ def measure(
             single = _single_task(suite, evaluate)
             merge = _lines_vs_ta(suite, evaluate)
             trends = _trends(suite, evaluate)
-            ranks = rank_profile(suite.theta0, suite.finetuned, suite.layout)
         finally:
             evaluate.bar.close()
+        ranks = rank_profile(suite.theta0, suite.finetuned, suite.layout)  # no evaluation: after the bar
     finally:
         torch.set_num_threads(previous)
     manifest = assets.read_manifest()

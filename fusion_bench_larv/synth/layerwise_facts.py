@@ -139,23 +139,26 @@ def format_markdown(result: dict, command: Optional[str] = None) -> str:
     lines += ["", f"Margin (test): {merge['margin']:+.2f} points.", "",
               "## Fact 4: LARV's diagnostics against depth (merged update, FusionBench's CLIP settings)", "",
               "| merger | test mean | ρ(depth, e) | ρ(depth, c) | e_ℓ, ℓ = 0 … L−1 | c_ℓ |", "|---|---:|---:|---:|---|---|"]
-    fmt = lambda r: "n/a" if r is None else f"{r:+.2f}"
     for merger, v in trends.items():
-        lines.append(f"| {merger} | {v['test_mean']:.1f} | {fmt(v['e_rho'])} | {fmt(v['c_rho'])} | "
+        lines.append(f"| {merger} | {v['test_mean']:.1f} | {_rho(v['e_rho'])} | {_rho(v['c_rho'])} | "
                      + " ".join(f"{x:.3f}" for x in v["e"]) + " | " + " ".join(f"{x:.3f}" for x in v["c"]) + " |")
     if "rank_profile" in result:
         lines += [""] + _ranks_markdown(result["rank_profile"], trends.get("task_arithmetic"))
     return "\n".join(lines) + "\n"
 
 
+def _rho(value: Optional[float]) -> str:
+    """A Spearman correlation as the report shows it ("n/a" where it is undefined)."""
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
 def _ranks_markdown(ranks: dict, task_arithmetic: Optional[dict]) -> List[str]:
     """What sets task arithmetic's e: the effective ranks behind it, block by block."""
     ta = task_arithmetic["e"] if task_arithmetic else [math.nan] * len(ranks["pretrained"])
-    fmt = lambda r: "n/a" if r is None else f"{r:+.2f}"
     lines = ["### What sets task arithmetic's e: effective ranks by block", "",
              "Means over each block's diagnostic matrices. Task arithmetic's e_ℓ is r_eff(W0) / r_eff(Σ τ_t) "
              "(the mean of the ratios); one task's own contrast r_eff(W0) / r_eff(τ_t), averaged over tasks, is "
-             f"LARV's `source: task_vectors` e (ρ(depth) {fmt(ranks['e_tasks_rho'])}).", "",
+             f"LARV's `source: task_vectors` e (ρ(depth) {_rho(ranks['e_tasks_rho'])}).", "",
              "| block | r_eff(W0) | r_eff(τ_t), mean over tasks | r_eff(Σ τ_t) | e, task arithmetic | e, each task's own update |",
              "|---:|---:|---:|---:|---:|---:|"]
     for i, (r0, rt, rs, et) in enumerate(zip(ranks["pretrained"], ranks["task"], ranks["sum"], ranks["e_tasks"])):

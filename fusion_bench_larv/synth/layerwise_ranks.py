@@ -31,13 +31,15 @@ def rank_profile(theta0: Mapping[str, torch.Tensor], finetuned: Mapping[str, Map
     the Spearman). ``eps`` is the diagnostics' default."""
     out = {"pretrained": [], "task": [], "sum": [], "e_tasks": []}
     for block in layout.blocks:
-        keys = diagnostic_keys(block, theta0)
-        w0 = [theta0[k].double() for k in keys]
-        taus = [[state[k].double() - a for k, a in zip(keys, w0)] for state in finetuned.values()]
-        r0 = torch.stack([effective_rank(a) for a in w0])
-        r_tau = torch.stack([torch.stack([effective_rank(d) for d in per_task]) for per_task in taus])  # [T, M]
-        r_sum = torch.stack([effective_rank(sum(per_task[m] for per_task in taus)) for m in range(len(keys))])
-        zero = all(float(d.abs().max()) == 0.0 for per_task in taus for d in per_task)
+        r0, r_tau, r_sum, zero = [], [], [], True
+        for key in diagnostic_keys(block, theta0):
+            w0 = theta0[key].double()
+            taus = torch.stack([state[key].double() for state in finetuned.values()]) - w0  # [T, m, n]
+            r0.append(effective_rank(w0))
+            r_tau.append(effective_rank(taus))  # batched over the tasks
+            r_sum.append(effective_rank(taus.sum(0)))
+            zero = zero and float(taus.abs().max()) == 0.0
+        r0, r_tau, r_sum = torch.stack(r0), torch.stack(r_tau, dim=1), torch.stack(r_sum)  # [M], [T, M], [M]
         out["pretrained"].append(float(r0.mean()))
         out["task"].append(math.nan if zero else float(r_tau.mean()))
         out["sum"].append(math.nan if zero else float(r_sum.mean()))
