@@ -226,9 +226,28 @@ def test_rank_profile_matches_singular_values(measured, oracle, tiny_synth):
     e = np.array(expected["e_tasks"])
     rho = np.corrcoef(np.argsort(np.argsort(e)).astype(float), np.arange(L, dtype=float))[0, 1]
     assert ranks["e_tasks_rho"] == pytest.approx(rho, abs=1e-9)
+    # task arithmetic's e split by matrix kind: each kind's r_eff(W0) / r_eff(Σ τ_t) per block ...
+    by_kind = {}
+    for layer in range(L):
+        prefix = f"vision_model.encoder.layers.{layer}."
+        for k, v in oracle.theta0.items():
+            if k.startswith(prefix) and v.ndim == 2 and min(v.shape) > 1:
+                total = sum(oracle.finetuned[t][k] - v for t in tiny_synth.tasks)
+                by_kind.setdefault(k[len(prefix):], []).append(r_eff(v) / (r_eff(total) + 1e-8))
+    assert sorted(ranks["by_matrix"]) == sorted(by_kind)
+    for kind, values in by_kind.items():
+        assert ranks["by_matrix"][kind]["e"] == pytest.approx(values, rel=1e-6), kind
+        rho = np.corrcoef(np.argsort(np.argsort(values)).astype(float), np.arange(L, dtype=float))[0, 1]
+        assert ranks["by_matrix"][kind]["e_rho"] == pytest.approx(rho, abs=1e-9), kind
+    # ... whose mean over a block's kinds is fact 4's e of the merged task-arithmetic update
+    kinds_mean = np.mean([by_kind[kind] for kind in by_kind], axis=0)
+    assert result["trends"]["task_arithmetic"]["e"] == pytest.approx(kinds_mean, rel=1e-4)
     md = (out / f"layerwise_{len(tiny_synth.tasks)}tasks_seed0.md").read_text()
     assert "### What sets task arithmetic's e: effective ranks by block" in md
     assert f"| {L - 1} | {expected['pretrained'][-1]:.2f} | {expected['task'][-1]:.2f} | {expected['sum'][-1]:.2f} |" in md
+    assert "### Task arithmetic's e by matrix kind" in md
+    q = by_kind["self_attn.q_proj.weight"]
+    assert "| self_attn.q_proj.weight | " in md and " ".join(f"{x:.2f}" for x in q) in md
 
 
 def test_the_terminal_shows_the_facts_not_fusion_benchs_merger_chatter(measured):

@@ -32,7 +32,8 @@ rule) and ``model.accuracy``:
    (``gates.depth_rank_correlation``). The bare mergers' test accuracies come with them.
    Beside them, what sets task arithmetic's e (``rank_profile``): per block, the effective ranks
    of W0, of each task's update τ_t and of their sum, and each task's own contrast
-   r_eff(W0) / r_eff(τ_t) (LARV's ``source: task_vectors``) with its depth Spearman.
+   r_eff(W0) / r_eff(τ_t) (LARV's ``source: task_vectors``) with its depth Spearman, and task
+   arithmetic's e split by matrix kind (q/k/v/out, fc1/fc2).
 
 The ramp and the rescaling are the package's (``gates.linear_depth_scales``, ``blocks.scale_map``,
 ``state_dicts.rescale_update_``). Thresholds, judging and the report files: :mod:`.layerwise_facts`. Nothing here

@@ -163,6 +163,16 @@ def _ranks_markdown(ranks: dict, task_arithmetic: Optional[dict]) -> List[str]:
              "|---:|---:|---:|---:|---:|---:|"]
     for i, (r0, rt, rs, et) in enumerate(zip(ranks["pretrained"], ranks["task"], ranks["sum"], ranks["e_tasks"])):
         lines.append(f"| {i} | {r0:.2f} | {rt:.2f} | {rs:.2f} | {ta[i]:.3f} | {et:.3f} |")
+    if ranks.get("by_matrix"):
+        lines += ["", "### Task arithmetic's e by matrix kind", "",
+                  "e = r_eff(W0) / r_eff(Σ τ_t) of one kind of matrix in every block; the mean of a block's kinds "
+                  "is task arithmetic's e_ℓ above.", "",
+                  "| matrix | ρ(depth, e) | e_ℓ, ℓ = 0 … L−1 | r_eff(W0) | r_eff(τ_t), mean over tasks | r_eff(Σ τ_t) |",
+                  "|---|---:|---|---|---|---|"]
+        for kind, v in ranks["by_matrix"].items():
+            lines.append(f"| {kind} | {_rho(v['e_rho'])} | " + " | ".join(
+                " ".join(f"{x:{fmt}}" for x in v[key])
+                for key, fmt in (("e", ".2f"), ("pretrained", ".1f"), ("task", ".1f"), ("sum", ".1f"))) + " |")
     return lines
 
 
