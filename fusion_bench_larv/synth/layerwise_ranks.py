@@ -44,8 +44,9 @@ def rank_profile(theta0: Mapping[str, torch.Tensor], finetuned: Mapping[str, Map
             r0.append(effective_rank(w0))
             r_tau.append(effective_rank(taus))  # batched over the tasks
             r_sum.append(effective_rank(taus.sum(0)))
-            zero = zero and float(taus.abs().max()) == 0.0
-            if float(taus.abs().max()) > 0.0:
+            moved = float(taus.abs().max()) > 0.0
+            zero = zero and not moved
+            if moved:
                 kind = kinds.setdefault(key[len(block.prefix):], {"pretrained": {}, "task": {}, "sum": {}})
                 kind["pretrained"][depth], kind["task"][depth], kind["sum"][depth] = \
                     float(r0[-1]), float(r_tau[-1].mean()), float(r_sum[-1])
@@ -54,8 +55,7 @@ def rank_profile(theta0: Mapping[str, torch.Tensor], finetuned: Mapping[str, Map
         out["task"].append(math.nan if zero else float(r_tau.mean()))
         out["sum"].append(math.nan if zero else float(r_sum.mean()))
         out["e_tasks"].append(math.nan if zero else float((r0 / (r_tau + eps)).mean()))
-    e = torch.tensor(out["e_tasks"], dtype=torch.float64)
-    out["e_tasks_rho"] = depth_rank_correlation(e, torch.isfinite(e))
+    out["e_tasks_rho"] = _rho(out["e_tasks"])
     out["by_matrix"] = {name: _kind(kind, len(layout.blocks), eps) for name, kind in kinds.items()}
     return out
 
@@ -65,6 +65,11 @@ def _kind(kind: dict, num_blocks: int, eps: float) -> dict:
     task arithmetic's e for that kind alone and its Spearman with depth."""
     lists = {name: [values.get(i, math.nan) for i in range(num_blocks)] for name, values in kind.items()}
     lists["e"] = [r0 / (rs + eps) for r0, rs in zip(lists["pretrained"], lists["sum"])]
-    e = torch.tensor(lists["e"], dtype=torch.float64)
-    lists["e_rho"] = depth_rank_correlation(e, torch.isfinite(e))
+    lists["e_rho"] = _rho(lists["e"])
     return lists
+
+
+def _rho(values: list) -> float:
+    """Spearman correlation of per-block values with depth, leaving out the ``nan`` blocks."""
+    e = torch.tensor(values, dtype=torch.float64)
+    return depth_rank_correlation(e, torch.isfinite(e))
