@@ -131,15 +131,16 @@ def test_single_task_retention_and_forgetting_match_an_independent_loop(measured
 def test_depth_controls_match_an_independent_loop(measured, oracle, tiny_synth):
     result, out, _ = measured
     tasks, single = tiny_synth.tasks, result["single_task"]
-    controls = {
-        "reversed": lambda l, L: 1.0 - 0.9 * l / (L - 1),
-        "uniform": lambda l, L: 0.55,
-        "deep_half": lambda l, L: float(l >= L // 2),
-        "shallow_half": lambda l, L: float(l < L // 2),
+    controls = {  # name: (λ of block l of L, λ outside the blocks)
+        "reversed": (lambda l, L: 1.0 - 0.9 * l / (L - 1), 0.1),
+        "uniform": (lambda l, L: 0.55, 0.1),
+        "deep_half": (lambda l, L: float(l >= L // 2), 0.1),
+        "shallow_half": (lambda l, L: float(l < L // 2), 0.1),
+        "outside_whole": (lambda l, L: 0.1 + 0.9 * l / (L - 1), 1.0),
     }
     assert set(single["depth_controls"]) == set(controls)
-    own = {name: {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], lam, 0.1), t) for t in tasks}
-           for name, lam in controls.items()}
+    own = {name: {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], lam, outside), t) for t in tasks}
+           for name, (lam, outside) in controls.items()}
     for name in controls:
         for t in tasks:
             assert single["depth_controls"][name]["own"][t] == pytest.approx(own[name][t], abs=1e-9), (name, t)

@@ -60,7 +60,7 @@ from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
 from ..state_dicts import float_state_dict, rescale_update_, snapshot, task_sum_l1
 from .build import ensure
 from .datasets import load_split
-from .layerwise_facts import GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge
+from .layerwise_facts import CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge
 from .layerwise_ranks import rank_profile
 from .tasks import SUITE_ORDER, SUITES
 
@@ -144,7 +144,9 @@ def _ramp(layout: BlockLayout, alpha: float, beta: float) -> Dict[str, float]:
 def _controls(layout: BlockLayout) -> Dict[str, Dict[str, float]]:
     """``{name: {key: λ}}`` of the depth controls: the update's blocks scaled in another depth
     order (reversed ramp), without order (uniform, the ramp's mean), or one half kept whole and
-    the other removed; outside the blocks ``SINGLE_ALPHA``, as in the ramp."""
+    the other removed, outside the blocks ``SINGLE_ALPHA`` as in the ramp; and the ramp itself
+    with the parameters outside the blocks (embeddings, pre- and post-norm) kept whole, which
+    shows how much of fact 1's loss sits outside the blocks."""
     L = layout.num_blocks
     rows = {
         "reversed": [float(x) for x in linear_depth_scales(L, alpha=SINGLE_ALPHA + SINGLE_BETA, beta=-SINGLE_BETA)],
@@ -152,7 +154,10 @@ def _controls(layout: BlockLayout) -> Dict[str, Dict[str, float]]:
         "deep_half": [0.0 if i < L // 2 else 1.0 for i in range(L)],
         "shallow_half": [1.0 if i < L // 2 else 0.0 for i in range(L)],
     }
-    return {name: scale_map(layout, scales, non_block_scale=SINGLE_ALPHA) for name, scales in rows.items()}
+    controls = {name: scale_map(layout, scales, non_block_scale=SINGLE_ALPHA) for name, scales in rows.items()}
+    ramp = linear_depth_scales(L, alpha=SINGLE_ALPHA, beta=SINGLE_BETA)
+    controls["outside_whole"] = scale_map(layout, ramp, non_block_scale=1.0)
+    return controls
 
 
 def _rescaled(theta0, state, scales: Mapping[str, float]) -> Dict[str, torch.Tensor]:
@@ -344,7 +349,7 @@ def measure(
     try:
         suite = _load(assets, tasks)
         n = len(tasks)
-        total = n + 2 * n * n + 4 * n + 2 * (len(GRID) * n + n) + len(MERGERS) * n
+        total = n + 2 * n * n + len(CONTROL_LABELS) * n + 2 * (len(GRID) * n + n) + len(MERGERS) * n
         evaluate = _Evaluator(suite, total, progress)
         try:
             single = _single_task(suite, evaluate)

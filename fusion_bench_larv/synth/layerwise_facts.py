@@ -181,6 +181,7 @@ CONTROL_LABELS = {
     "uniform": f"uniform {SINGLE_ALPHA + SINGLE_BETA / 2:g}",
     "deep_half": "deep half only",
     "shallow_half": "shallow half only",
+    "outside_whole": "ramp, outside whole",
 }
 
 
@@ -190,7 +191,9 @@ def _controls_markdown(tasks, single: dict) -> List[str]:
     lines = ["### Where a task lives: depth controls (own-task test accuracy, %)", "",
              "The same update with its blocks scaled otherwise (outside the blocks "
              f"{SINGLE_ALPHA} in each): the reversed ramp λ_ℓ = {SINGLE_ALPHA + SINGLE_BETA:g} − {SINGLE_BETA} ℓ/(L−1), "
-             "the ramp's mean in every block, or one half of the blocks kept whole and the other removed.", "",
+             "the ramp's mean in every block, or one half of the blocks kept whole and the other removed; "
+             "last, the ramp with the parameters outside the blocks (embeddings, pre- and post-norm) "
+             "kept whole instead of scaled by " f"{SINGLE_ALPHA}.", "",
              "| task | fine-tuned | ramped | " + " | ".join(CONTROL_LABELS[c] for c in controls) + " |",
              "|---|---:|---:|" + "---:|" * len(controls)]
     for t in tasks:
