@@ -1,4 +1,4 @@
-"""Research builds of docs/benchmark.md, "Tried (research, 2026-12-05, second session)".
+Research builds of docs/benchmark.md, "Tried (research, ...)" (2026-12-05 and 2026-12-06).
 
 They change the generator or the pretraining loss in ways that are not `Recipe` fields, so they
 are not `python -m fusion_bench_larv.synth build` options. Each variant patches one function of
@@ -10,16 +10,18 @@ variant in a cache folder of its own. Measure a build with
     python scripts/layerwise_research.py grain 25 10 -- --tasks 8 --from-scratch --cache-dir DIR ...
         every image gets a random low-frequency colour field (std 25 per 8-px cell, smoothed) and
         pixel grain (std 10), in pretraining and in the task datasets alike
-    python scripts/layerwise_research.py domain 25 -- --tasks 8 --from-scratch --cache-dir DIR ...
+    python scripts/layerwise_research.py domain 25 [0.25] -- --tasks 8 --from-scratch --cache-dir DIR ...
         each task gets a fixed low-level domain of its own (a colour mixing I + N(0, 0.25) and a
-        faint grating of amplitude 25, both drawn from the task's name)
+        faint grating of amplitude 25, both drawn from the task's name); the optional second
+        number is the colour mixing's spread (0: gratings alone, the same ones)
     python scripts/layerwise_research.py holdout -- --tasks 8 --from-scratch --cache-dir DIR ...
         the supervised term of pretraining skips the images of the 8-task suite (they stay in
         the contrastive term); it is trained on the other 12 tasks' labels only
     python scripts/layerwise_research.py ft-only SRC DST key=value ...
         fine-tune the 8 towers again from SRC's pretrained model (SRC's prompts and datasets are
         copied to DST), with the recipe's fine-tuning fields overridden, e.g. finetune_lr=6e-5;
-        ft_weight_decay=X sets the fine-tuning weight decay alone (the recipe has one for both)
+        ft_weight_decay=X sets the fine-tuning weight decay alone (the recipe has one for both);
+        SRC holds one build (any seed: DST gets the same seed)
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def grain(field_std: float, grain_std: float, args) -> int:
     return _build(args)
 
 
-def domain(amplitude: float, args) -> int:
+def domain(amplitude: float, mix_std: float, args) -> int:
     from fusion_bench_larv.synth import build as B
     from fusion_bench_larv.synth import datasets as D
     from fusion_bench_larv.synth import tasks as T
@@ -68,7 +70,7 @@ def domain(amplitude: float, args) -> int:
     def with_domain(task, split, n, seed, *rest, **kw):
         out = generate(task, split, n, seed, *rest, **kw)
         r = np.random.default_rng(zlib.crc32(task.encode()))
-        mix = np.eye(3) + r.normal(0, 0.25, (3, 3))
+        mix = np.eye(3) + mix_std * r.standard_normal((3, 3))  # 0.25: the same draws as N(0, 0.25)
         theta, freq, phase = r.uniform(0, np.pi), r.uniform(0.15, 0.8), r.uniform(0, 2 * np.pi)
         y, x = np.mgrid[0:T.IMAGE_SIZE, 0:T.IMAGE_SIZE]
         grating = np.sin(freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)[..., None] * r.uniform(0.5, 1.0, 3)
@@ -107,7 +109,10 @@ def ft_only(src: str, dst: str, overrides) -> int:
 
     over = dict(a.split("=", 1) for a in overrides)
     weight_decay = over.pop("ft_weight_decay", None)
-    s, d = Path(src) / "tinyclip_synth_seed0", Path(dst) / "tinyclip_synth_seed0"
+    found = sorted(Path(src).glob("tinyclip_synth_seed*"))
+    if len(found) != 1:
+        raise SystemExit(f"ft-only: {src} must hold one tinyclip_synth_seed<S> folder, found {len(found)}")
+    s, d = found[0], Path(dst) / found[0].name
     if d.exists():
         raise SystemExit(f"ft-only: {d} exists; use a new DST")
     d.mkdir(parents=True)
@@ -143,7 +148,7 @@ def main(argv) -> int:
     if what == "grain":
         return grain(float(params[0]), float(params[1]), args)
     if what == "domain":
-        return domain(float(params[0]), args)
+        return domain(float(params[0]), float(params[1]) if len(params) > 1 else 0.25, args)
     return holdout(args)
 
 
