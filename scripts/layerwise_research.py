@@ -1,4 +1,4 @@
-Research builds of docs/benchmark.md, "Tried (research, ...)" (2026-12-05 and 2026-12-06).
+"""Research builds of docs/benchmark.md, "Tried (research, ...)" (2026-12-05 and 2026-12-06).
 
 They change the generator or the pretraining loss in ways that are not `Recipe` fields, so they
 are not `python -m fusion_bench_larv.synth build` options. Each variant patches one function of
