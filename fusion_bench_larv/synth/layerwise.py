@@ -136,9 +136,11 @@ def _load(assets, tasks: Sequence[str]) -> _Suite:
     return _Suite(list(tasks), clip, vision, heads, data, theta0, finetuned, layout)
 
 
-def _ramp(layout: BlockLayout, alpha: float, beta: float) -> Dict[str, float]:
-    """``{key: λ}`` of the ramp α + β ℓ/(L−1), α outside the blocks (LiNeS's rule)."""
-    return scale_map(layout, linear_depth_scales(layout.num_blocks, alpha=alpha, beta=beta), non_block_scale=alpha)
+def _ramp(layout: BlockLayout, alpha: float, beta: float, outside: Optional[float] = None) -> Dict[str, float]:
+    """``{key: λ}`` of the ramp α + β ℓ/(L−1), α outside the blocks (LiNeS's rule) unless
+    ``outside`` is given."""
+    scales = linear_depth_scales(layout.num_blocks, alpha=alpha, beta=beta)
+    return scale_map(layout, scales, non_block_scale=alpha if outside is None else outside)
 
 
 def _controls(layout: BlockLayout) -> Dict[str, Dict[str, float]]:
@@ -155,8 +157,7 @@ def _controls(layout: BlockLayout) -> Dict[str, Dict[str, float]]:
         "shallow_half": [1.0 if i < L // 2 else 0.0 for i in range(L)],
     }
     controls = {name: scale_map(layout, scales, non_block_scale=SINGLE_ALPHA) for name, scales in rows.items()}
-    ramp = linear_depth_scales(L, alpha=SINGLE_ALPHA, beta=SINGLE_BETA)
-    controls["outside_whole"] = scale_map(layout, ramp, non_block_scale=1.0)
+    controls["outside_whole"] = _ramp(layout, SINGLE_ALPHA, SINGLE_BETA, outside=1.0)
     return controls
 
 

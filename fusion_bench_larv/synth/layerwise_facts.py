@@ -193,7 +193,7 @@ def _controls_markdown(tasks, single: dict) -> List[str]:
              f"{SINGLE_ALPHA} in each): the reversed ramp λ_ℓ = {SINGLE_ALPHA + SINGLE_BETA:g} − {SINGLE_BETA} ℓ/(L−1), "
              "the ramp's mean in every block, or one half of the blocks kept whole and the other removed; "
              "last, the ramp with the parameters outside the blocks (embeddings, pre- and post-norm) "
-             "kept whole instead of scaled by " f"{SINGLE_ALPHA}.", "",
+             f"kept whole instead of scaled by {SINGLE_ALPHA}.", "",
              "| task | fine-tuned | ramped | " + " | ".join(CONTROL_LABELS[c] for c in controls) + " |",
              "|---|---:|---:|" + "---:|" * len(controls)]
     for t in tasks:
