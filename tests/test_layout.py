@@ -1,5 +1,5 @@
 """The package's layout: the root holds the method only, the method imports no wing, no module
-grows past 400 lines (the task registry aside)."""
+grows past 400 lines (the task registry aside), every script under scripts/ parses."""
 
 import subprocess
 import sys
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fusion_bench_larv"
+SCRIPTS = PACKAGE.parent / "scripts"
 #: the method: everything at the package root
 METHOD_MODULES = ["__init__", "algorithm", "atomic", "batching", "blocks", "checkpoints", "defaults", "diagnostics",
                   "gate_table", "gates", "linalg", "plots", "rank_cache", "report", "schedule", "settings",
@@ -48,6 +49,19 @@ def test_the_wings_are_importable():
                                          if str(p.relative_to(PACKAGE)) not in DATA_MODULES))
 def test_no_module_is_over_400_lines(path):
     assert len((PACKAGE / path).read_text().splitlines()) <= 400, path
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SCRIPTS.glob("*.py")))
+def test_every_python_script_parses(name):
+    """No test imports the research and bench scripts, so a broken edit would otherwise land unseen."""
+    path = SCRIPTS / name
+    compile(path.read_text(), str(path), "exec")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SCRIPTS.glob("*.sh")))
+def test_every_shell_script_parses(name):
+    out = subprocess.run(["bash", "-n", str(SCRIPTS / name)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
 
 
 def test_the_named_classes_are_plain_definitions():
