@@ -13,7 +13,9 @@ variant in a cache folder of its own. Measure a build with
     python scripts/layerwise_research.py domain 25 [0.25] -- --tasks 8 --from-scratch --cache-dir DIR ...
         each task gets a fixed low-level domain of its own (a colour mixing I + N(0, 0.25) and a
         faint grating of amplitude 25, both drawn from the task's name); the optional second
-        number is the colour mixing's spread (0: gratings alone, the same ones)
+        number is the colour mixing's spread (0: gratings alone, the same ones); shift=PX
+        among the numbers also moves each pretraining image by a random whole-pixel offset of at
+        most PX in x and y (edge pixels repeated), drawn per image and step
     python scripts/layerwise_research.py holdout -- --tasks 8 --from-scratch --cache-dir DIR ...
         the supervised term of pretraining skips the images of the 8-task suite (they stay in
         the contrastive term); it is trained on the other 12 tasks' labels only
@@ -79,6 +81,29 @@ def domain(amplitude: float, mix_std: float, args) -> int:
 
     B.generate = D.generate = with_domain  # both import it by name
     return _build(args)
+
+
+def _shift_pretraining(px: int) -> None:
+    """Patch model.pretrain so each batch's images move by up to ``px`` pixels (a random crop)."""
+    import torch
+    import torch.nn.functional as F
+
+    from fusion_bench_larv.synth import model as M
+
+    def shifted(x, gen):
+        n, _, h, w = x.shape
+        padded = F.pad(x, (px, px, px, px), mode="replicate")
+        dy, dx = (torch.randint(2 * px + 1, (2, n), generator=gen)).tolist()
+        return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+    source = textwrap.dedent(inspect.getsource(M.pretrain))
+    old = "pixel_values=pixels[idx]"
+    if source.count(old) != 1:
+        raise SystemExit("shift: model.pretrain's forward call changed; update this script")
+    namespace = dict(vars(M))
+    namespace["SHIFTED"] = shifted
+    exec(compile(source.replace(old, "pixel_values=SHIFTED(pixels[idx], gen)"), "pretrain_shift", "exec"), namespace)
+    M.pretrain = namespace["pretrain"]
 
 
 def holdout(args) -> int:
@@ -148,6 +173,10 @@ def main(argv) -> int:
     if what == "grain":
         return grain(float(params[0]), float(params[1]), args)
     if what == "domain":
+        shift = [int(p.split("=", 1)[1]) for p in params if p.startswith("shift=")]
+        params = [p for p in params if not p.startswith("shift=")]
+        if shift:
+            _shift_pretraining(shift[0])
         return domain(float(params[0]), float(params[1]) if len(params) > 1 else 0.25, args)
     return holdout(args)
 
