@@ -15,7 +15,8 @@ variant in a cache folder of its own. Measure a build with
         faint grating of amplitude 25, both drawn from the task's name); the optional second
         number is the colour mixing's spread (0: gratings alone, the same ones); shift=PX
         among the numbers also moves each pretraining image by a random whole-pixel offset of at
-        most PX in x and y (edge pixels repeated), drawn per image and step
+        most PX in x and y (edge pixels repeated), drawn per image and step; ftshift=PX does the
+        same to the fine-tuning images
     python scripts/layerwise_research.py holdout -- --tasks 8 --from-scratch --cache-dir DIR ...
         the supervised term of pretraining skips the images of the 8-task suite (they stay in
         the contrastive term); it is trained on the other 12 tasks' labels only
@@ -23,6 +24,7 @@ variant in a cache folder of its own. Measure a build with
         fine-tune the 8 towers again from SRC's pretrained model (SRC's prompts and datasets are
         copied to DST), with the recipe's fine-tuning fields overridden, e.g. finetune_lr=6e-5;
         ft_weight_decay=X sets the fine-tuning weight decay alone (the recipe has one for both);
+        ftshift=PX moves the fine-tuning images as in `domain`;
         SRC holds one build (any seed: DST gets the same seed)
 """
 
@@ -83,8 +85,8 @@ def domain(amplitude: float, mix_std: float, args) -> int:
     return _build(args)
 
 
-def _shift_pretraining(px: int) -> None:
-    """Patch model.pretrain so each batch's images move by up to ``px`` pixels (a random crop)."""
+def _shift(px: int, function: str, call: str) -> None:
+    """Patch model.<function> so the images of ``call`` move by up to ``px`` pixels (a random crop)."""
     import torch
     import torch.nn.functional as F
 
@@ -96,14 +98,13 @@ def _shift_pretraining(px: int) -> None:
         dy, dx = (torch.randint(2 * px + 1, (2, n), generator=gen)).tolist()
         return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
-    source = textwrap.dedent(inspect.getsource(M.pretrain))
-    old = "pixel_values=pixels[idx]"
-    if source.count(old) != 1:
-        raise SystemExit("shift: model.pretrain's forward call changed; update this script")
+    source = textwrap.dedent(inspect.getsource(getattr(M, function)))
+    if source.count(call) != 1:
+        raise SystemExit(f"shift: model.{function}'s call {call!r} changed; update this script")
     namespace = dict(vars(M))
     namespace["SHIFTED"] = shifted
-    exec(compile(source.replace(old, "pixel_values=SHIFTED(pixels[idx], gen)"), "pretrain_shift", "exec"), namespace)
-    M.pretrain = namespace["pretrain"]
+    exec(compile(source.replace(call, call.replace("pixels[idx]", "SHIFTED(pixels[idx], gen)")), f"{function}_shift", "exec"), namespace)
+    setattr(M, function, namespace[function])
 
 
 def holdout(args) -> int:
@@ -134,6 +135,8 @@ def ft_only(src: str, dst: str, overrides) -> int:
 
     over = dict(a.split("=", 1) for a in overrides)
     weight_decay = over.pop("ft_weight_decay", None)
+    if "ftshift" in over:
+        _shift(int(over.pop("ftshift")), "finetune", "head, pixels[idx], logit_scale")
     found = sorted(Path(src).glob("tinyclip_synth_seed*"))
     if len(found) != 1:
         raise SystemExit(f"ft-only: {src} must hold one tinyclip_synth_seed<S> folder, found {len(found)}")
@@ -173,10 +176,12 @@ def main(argv) -> int:
     if what == "grain":
         return grain(float(params[0]), float(params[1]), args)
     if what == "domain":
-        shift = [int(p.split("=", 1)[1]) for p in params if p.startswith("shift=")]
-        params = [p for p in params if not p.startswith("shift=")]
-        if shift:
-            _shift_pretraining(shift[0])
+        keys = dict(p.split("=", 1) for p in params if "=" in p)
+        params = [p for p in params if "=" not in p]
+        if "shift" in keys:
+            _shift(int(keys["shift"]), "pretrain", "pixel_values=pixels[idx]")
+        if "ftshift" in keys:
+            _shift(int(keys["ftshift"]), "finetune", "head, pixels[idx], logit_scale")
         return domain(float(params[0]), float(params[1]) if len(params) > 1 else 0.25, args)
     return holdout(args)
 
