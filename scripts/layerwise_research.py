@@ -16,7 +16,8 @@ variant in a cache folder of its own. Measure a build with
         number is the colour mixing's spread (0: gratings alone, the same ones); shift=PX
         among the numbers also moves each pretraining image by a random whole-pixel offset of at
         most PX in x and y (edge pixels repeated), drawn per image and step; ftshift=PX does the
-        same to the fine-tuning images
+        same to the fine-tuning images; broad=1 adds six pretraining-only tasks (relations of
+        two objects, tilt, kinds of glyph and object: attributes no suite task labels)
     python scripts/layerwise_research.py holdout -- --tasks 8 --from-scratch --cache-dir DIR ...
         the supervised term of pretraining skips the images of the 8-task suite (they stay in
         the contrastive term); it is trained on the other 12 tasks' labels only
@@ -107,6 +108,100 @@ def _shift(px: int, function: str, call: str) -> None:
     setattr(M, function, namespace[function])
 
 
+def _extra_tasks():
+    """Pretraining-only tasks: attributes and scene types that no suite task labels."""
+    from fusion_bench_larv.synth import tasks as T
+
+    colours = list(T.FG_COLOURS)
+
+    def pair(rng, left, right):
+        cy = 32 + rng.uniform(-4, 4)
+        objs = [T.Obj("shape", name, colour, size, cx + rng.uniform(-2, 2), cy, angle=float(rng.uniform(-8, 8)))
+                for (name, colour, size), cx in ((left, 17), (right, 47))]
+        return T.Scene(objects=objs, **T._nuisance(rng))
+
+    def left_colour(y, rng):
+        other = rng.choice([c for c in colours if c != colours[y]])
+        return pair(rng, (rng.choice(T.SHAPES), colours[y], "small"), (rng.choice(T.SHAPES), other, "small"))
+
+    def larger_side(y, rng):
+        sizes = ("medium", "tiny") if y == 0 else ("tiny", "medium")
+        colour = rng.choice(colours)
+        return pair(rng, (rng.choice(T.SHAPES), colour, sizes[0]), (rng.choice(T.SHAPES), colour, sizes[1]))
+
+    def same_shape(y, rng):
+        a = rng.choice(T.SHAPES)
+        b = a if y == 0 else rng.choice([s for s in T.SHAPES if s != a])
+        return pair(rng, (a, rng.choice(colours), "small"), (b, rng.choice(colours), "small"))
+
+    def tilt(y, rng):
+        angle = (-35.0, 0.0, 35.0)[y] + rng.uniform(-5, 5)
+        return T._single(rng, name=rng.choice([s for s in T.SHAPES if s != "circle"]), angle=float(angle))
+
+    def glyph_kind(y, rng):
+        if y == 0:
+            d = rng.choice(T.DIGITS)
+            return T._glyph(rng, d, d, "digit")
+        if y == 1:
+            c = rng.choice(T.LETTERS)
+            return T._glyph(rng, c, rng.choice([c, c.lower()]), "letter")
+        table, kind = (T.SYMBOLS, "symbol") if y == 2 else (T.GREEK, "greek")
+        name = rng.choice(list(table))
+        return T._glyph(rng, name, table[name], kind, font="sans-serif")
+
+    def object_kind(y, rng):
+        if y == 0:
+            return T._single(rng)
+        if y == 1:
+            return T._single(rng, kind="arrow", name=rng.choice(T.ARROWS))
+        if y == 2:
+            return T._single(rng, kind="bar", name=rng.choice(T.ORIENTATIONS), size="large")
+        return glyph_kind(int(rng.integers(4)), rng)
+
+    def spec(name, classnames, templates, sample):
+        return T.TaskSpec(name, tuple(classnames), tuple(templates), sample)
+
+    return {t.name: t for t in (
+        spec("left_colour", colours, ["a {} object on the left.", "the left one is {}."], left_colour),
+        spec("larger_side", ["left", "right"], ["the bigger object is on the {}.", "a larger shape on the {}."], larger_side),
+        spec("same_shape", ["same", "different"], ["two {} shapes.", "a pair of {} objects."], same_shape),
+        spec("tilt", ["tilted left", "upright", "tilted right"], ["a shape {}.", "an object, {}."], tilt),
+        spec("glyph_kind", ["digit", "letter", "symbol", "greek letter"], ["a photo of a {}.", "a {} character."], glyph_kind),
+        spec("object_kind", ["shape", "arrow", "bar", "character"], ["a photo of a {}.", "a single {}."], object_kind),
+    )}
+
+
+def _broaden() -> None:
+    """Pretraining also sees the extra tasks (contrastive and supervised terms); the suite is unchanged."""
+    from fusion_bench_larv.synth import build as B
+    from fusion_bench_larv.synth import tasks as T
+
+    extras = _extra_tasks()
+    generate, prompts, pretrained, suite_tasks = T.generate, T.prompts, B._pretrained, B.suite_tasks
+
+    def generate_any(task, split, n, seed, with_captions=False):
+        if task not in extras:
+            return generate(task, split, n, seed, with_captions=with_captions)
+        spec, rng = extras[task], np.random.default_rng(T.task_seed(seed, task, split))
+        ys = rng.permutation(np.arange(n) % len(spec.classnames))
+        scenes = [spec.sample(int(y), rng) for y in ys]
+        images = np.stack([T.render(scene, rng) for scene in scenes])
+        captions = [T.caption(scene, rng, ("none", False)) for scene in scenes]
+        return (images, ys.astype(np.int64), captions) if with_captions else (images, ys.astype(np.int64))
+
+    def pretrained_broad(*a, **kw):
+        B.suite_tasks = lambda n: (*suite_tasks(n), *extras)
+        try:
+            return pretrained(*a, **kw)
+        finally:
+            B.suite_tasks = suite_tasks
+
+    T.generate = B.generate = generate_any  # `domain` wraps T.generate when it runs after this
+    B.prompts = lambda task: (list(extras[task].classnames), list(extras[task].templates)) if task in extras else prompts(task)
+    B._pretrained = pretrained_broad
+    print("pretraining also on:", ", ".join(extras))
+
+
 def holdout(args) -> int:
     import torch
 
@@ -182,6 +277,8 @@ def main(argv) -> int:
             _shift(int(keys["shift"]), "pretrain", "pixel_values=pixels[idx]")
         if "ftshift" in keys:
             _shift(int(keys["ftshift"]), "finetune", "head, pixels[idx], logit_scale")
+        if keys.get("broad") == "1":
+            _broaden()
         return domain(float(params[0]), float(params[1]) if len(params) > 1 else 0.25, args)
     return holdout(args)
 
