@@ -13,7 +13,11 @@ variant in a cache folder of its own. Measure a build with
     python scripts/layerwise_research.py domain 25 [0.25] -- --tasks 8 --from-scratch --cache-dir DIR ...
         each task gets a fixed low-level domain of its own (a colour mixing I + N(0, 0.25) and a
         faint grating of amplitude 25, both drawn from the task's name); the optional second
-        number is the colour mixing's spread (0: gratings alone, the same ones)
+        number is the colour mixing's spread (0: gratings alone, the same ones); shift=PX
+        among the numbers also moves each pretraining image by a random whole-pixel offset of at
+        most PX in x and y (edge pixels repeated), drawn per image and step; ftshift=PX does the
+        same to the fine-tuning images; broad=1 adds six pretraining-only tasks (relations of
+        two objects, tilt, kinds of glyph and object: attributes no suite task labels)
     python scripts/layerwise_research.py holdout -- --tasks 8 --from-scratch --cache-dir DIR ...
         the supervised term of pretraining skips the images of the 8-task suite (they stay in
         the contrastive term); it is trained on the other 12 tasks' labels only
@@ -21,6 +25,7 @@ variant in a cache folder of its own. Measure a build with
         fine-tune the 8 towers again from SRC's pretrained model (SRC's prompts and datasets are
         copied to DST), with the recipe's fine-tuning fields overridden, e.g. finetune_lr=6e-5;
         ft_weight_decay=X sets the fine-tuning weight decay alone (the recipe has one for both);
+        ftshift=PX moves the fine-tuning images as in `domain`;
         SRC holds one build (any seed: DST gets the same seed)
 """
 
@@ -81,6 +86,122 @@ def domain(amplitude: float, mix_std: float, args) -> int:
     return _build(args)
 
 
+def _shift(px: int, function: str, call: str) -> None:
+    """Patch model.<function> so the images of ``call`` move by up to ``px`` pixels (a random crop)."""
+    import torch
+    import torch.nn.functional as F
+
+    from fusion_bench_larv.synth import model as M
+
+    def shifted(x, gen):
+        n, _, h, w = x.shape
+        padded = F.pad(x, (px, px, px, px), mode="replicate")
+        dy, dx = (torch.randint(2 * px + 1, (2, n), generator=gen)).tolist()
+        return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+    source = textwrap.dedent(inspect.getsource(getattr(M, function)))
+    if source.count(call) != 1:
+        raise SystemExit(f"shift: model.{function}'s call {call!r} changed; update this script")
+    namespace = dict(vars(M))
+    namespace["SHIFTED"] = shifted
+    exec(compile(source.replace(call, call.replace("pixels[idx]", "SHIFTED(pixels[idx], gen)")), f"{function}_shift", "exec"), namespace)
+    setattr(M, function, namespace[function])
+
+
+def _extra_tasks():
+    """Pretraining-only tasks: attributes and scene types that no suite task labels."""
+    from fusion_bench_larv.synth import tasks as T
+
+    colours = list(T.FG_COLOURS)
+
+    def pair(rng, left, right):
+        cy = 32 + rng.uniform(-4, 4)
+        objs = [T.Obj("shape", name, colour, size, cx + rng.uniform(-2, 2), cy, angle=float(rng.uniform(-8, 8)))
+                for (name, colour, size), cx in ((left, 17), (right, 47))]
+        return T.Scene(objects=objs, **T._nuisance(rng))
+
+    def left_colour(y, rng):
+        other = rng.choice([c for c in colours if c != colours[y]])
+        return pair(rng, (rng.choice(T.SHAPES), colours[y], "small"), (rng.choice(T.SHAPES), other, "small"))
+
+    def larger_side(y, rng):
+        sizes = ("medium", "tiny") if y == 0 else ("tiny", "medium")
+        colour = rng.choice(colours)
+        return pair(rng, (rng.choice(T.SHAPES), colour, sizes[0]), (rng.choice(T.SHAPES), colour, sizes[1]))
+
+    def same_shape(y, rng):
+        a = rng.choice(T.SHAPES)
+        b = a if y == 0 else rng.choice([s for s in T.SHAPES if s != a])
+        return pair(rng, (a, rng.choice(colours), "small"), (b, rng.choice(colours), "small"))
+
+    def tilt(y, rng):
+        angle = (-35.0, 0.0, 35.0)[y] + rng.uniform(-5, 5)
+        return T._single(rng, name=rng.choice([s for s in T.SHAPES if s != "circle"]), angle=float(angle))
+
+    def glyph_kind(y, rng):
+        if y == 0:
+            d = rng.choice(T.DIGITS)
+            return T._glyph(rng, d, d, "digit")
+        if y == 1:
+            c = rng.choice(T.LETTERS)
+            return T._glyph(rng, c, rng.choice([c, c.lower()]), "letter")
+        table, kind = (T.SYMBOLS, "symbol") if y == 2 else (T.GREEK, "greek")
+        name = rng.choice(list(table))
+        return T._glyph(rng, name, table[name], kind, font="sans-serif")
+
+    def object_kind(y, rng):
+        if y == 0:
+            return T._single(rng)
+        if y == 1:
+            return T._single(rng, kind="arrow", name=rng.choice(T.ARROWS))
+        if y == 2:
+            return T._single(rng, kind="bar", name=rng.choice(T.ORIENTATIONS), size="large")
+        return glyph_kind(int(rng.integers(4)), rng)
+
+    def spec(name, classnames, templates, sample):
+        return T.TaskSpec(name, tuple(classnames), tuple(templates), sample)
+
+    return {t.name: t for t in (
+        spec("left_colour", colours, ["a {} object on the left.", "the left one is {}."], left_colour),
+        spec("larger_side", ["left", "right"], ["the bigger object is on the {}.", "a larger shape on the {}."], larger_side),
+        spec("same_shape", ["same", "different"], ["two {} shapes.", "a pair of {} objects."], same_shape),
+        spec("tilt", ["tilted left", "upright", "tilted right"], ["a shape {}.", "an object, {}."], tilt),
+        spec("glyph_kind", ["digit", "letter", "symbol", "greek letter"], ["a photo of a {}.", "a {} character."], glyph_kind),
+        spec("object_kind", ["shape", "arrow", "bar", "character"], ["a photo of a {}.", "a single {}."], object_kind),
+    )}
+
+
+def _broaden() -> None:
+    """Pretraining also sees the extra tasks (contrastive and supervised terms); the suite is unchanged."""
+    from fusion_bench_larv.synth import build as B
+    from fusion_bench_larv.synth import tasks as T
+
+    extras = _extra_tasks()
+    generate, prompts, pretrained, suite_tasks = T.generate, T.prompts, B._pretrained, B.suite_tasks
+
+    def generate_any(task, split, n, seed, with_captions=False):
+        if task not in extras:
+            return generate(task, split, n, seed, with_captions=with_captions)
+        spec, rng = extras[task], np.random.default_rng(T.task_seed(seed, task, split))
+        ys = rng.permutation(np.arange(n) % len(spec.classnames))
+        scenes = [spec.sample(int(y), rng) for y in ys]
+        images = np.stack([T.render(scene, rng) for scene in scenes])
+        captions = [T.caption(scene, rng, ("none", False)) for scene in scenes]
+        return (images, ys.astype(np.int64), captions) if with_captions else (images, ys.astype(np.int64))
+
+    def pretrained_broad(*a, **kw):
+        B.suite_tasks = lambda n: (*suite_tasks(n), *extras)
+        try:
+            return pretrained(*a, **kw)
+        finally:
+            B.suite_tasks = suite_tasks
+
+    T.generate = B.generate = generate_any  # `domain` wraps T.generate when it runs after this
+    B.prompts = lambda task: (list(extras[task].classnames), list(extras[task].templates)) if task in extras else prompts(task)
+    B._pretrained = pretrained_broad
+    print("pretraining also on:", ", ".join(extras))
+
+
 def holdout(args) -> int:
     import torch
 
@@ -109,6 +230,8 @@ def ft_only(src: str, dst: str, overrides) -> int:
 
     over = dict(a.split("=", 1) for a in overrides)
     weight_decay = over.pop("ft_weight_decay", None)
+    if "ftshift" in over:
+        _shift(int(over.pop("ftshift")), "finetune", "head, pixels[idx], logit_scale")
     found = sorted(Path(src).glob("tinyclip_synth_seed*"))
     if len(found) != 1:
         raise SystemExit(f"ft-only: {src} must hold one tinyclip_synth_seed<S> folder, found {len(found)}")
@@ -148,6 +271,14 @@ def main(argv) -> int:
     if what == "grain":
         return grain(float(params[0]), float(params[1]), args)
     if what == "domain":
+        keys = dict(p.split("=", 1) for p in params if "=" in p)
+        params = [p for p in params if "=" not in p]
+        if "shift" in keys:
+            _shift(int(keys["shift"]), "pretrain", "pixel_values=pixels[idx]")
+        if "ftshift" in keys:
+            _shift(int(keys["ftshift"]), "finetune", "head, pixels[idx], logit_scale")
+        if keys.get("broad") == "1":
+            _broaden()
         return domain(float(params[0]), float(params[1]) if len(params) > 1 else 0.25, args)
     return holdout(args)
 
