@@ -273,6 +273,9 @@ def main(argv) -> int:
     if what == "domain":
         keys = dict(p.split("=", 1) for p in params if "=" in p)
         params = [p for p in params if "=" not in p]
+        unknown = sorted(set(keys) - {"shift", "ftshift", "broad"})
+        if unknown or keys.get("broad", "1") not in ("0", "1"):
+            raise SystemExit(f"domain: unknown or bad keys {unknown or keys}; known: shift=PX, ftshift=PX, broad=0|1")
         if "shift" in keys:
             _shift(int(keys["shift"]), "pretrain", "pixel_values=pixels[idx]")
         if "ftshift" in keys:
