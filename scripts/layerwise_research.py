@@ -86,12 +86,26 @@ def domain(amplitude: float, mix_std: float, args) -> int:
     return _build(args)
 
 
+#: the fine-tuning loop's forward call, where ``ftshift`` moves the images
+FINETUNE_CALL = "head, pixels[idx], logit_scale"
+
+
+def _patch(function: str, old: str, new: str, what: str, **names) -> None:
+    """Replace the one line ``old`` of model.<function> by ``new`` (``names`` join its globals)."""
+    from fusion_bench_larv.synth import model as M
+
+    source = textwrap.dedent(inspect.getsource(getattr(M, function)))
+    if source.count(old) != 1:
+        raise SystemExit(f"{what}: model.{function}'s line {old!r} changed; update this script")
+    namespace = {**vars(M), **names}
+    exec(compile(source.replace(old, new), f"{function}_{what}", "exec"), namespace)
+    setattr(M, function, namespace[function])
+
+
 def _shift(px: int, function: str, call: str) -> None:
     """Patch model.<function> so the images of ``call`` move by up to ``px`` pixels (a random crop)."""
     import torch
     import torch.nn.functional as F
-
-    from fusion_bench_larv.synth import model as M
 
     def shifted(x, gen):
         n, _, h, w = x.shape
@@ -99,13 +113,7 @@ def _shift(px: int, function: str, call: str) -> None:
         dy, dx = (torch.randint(2 * px + 1, (2, n), generator=gen)).tolist()
         return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
-    source = textwrap.dedent(inspect.getsource(getattr(M, function)))
-    if source.count(call) != 1:
-        raise SystemExit(f"shift: model.{function}'s call {call!r} changed; update this script")
-    namespace = dict(vars(M))
-    namespace["SHIFTED"] = shifted
-    exec(compile(source.replace(call, call.replace("pixels[idx]", "SHIFTED(pixels[idx], gen)")), f"{function}_shift", "exec"), namespace)
-    setattr(M, function, namespace[function])
+    _patch(function, call, call.replace("pixels[idx]", "SHIFTED(pixels[idx], gen)"), "shift", SHIFTED=shifted)
 
 
 def _extra_tasks():
@@ -205,20 +213,13 @@ def _broaden() -> None:
 def holdout(args) -> int:
     import torch
 
-    from fusion_bench_larv.synth import model as M
     from fusion_bench_larv.synth.tasks import SUITES, suite_tasks
 
-    source = textwrap.dedent(inspect.getsource(M.pretrain))
     old = "loss = loss + label_weight * F.cross_entropy(logits.masked_fill(~own, -1e4), target[idx])"
     new = ("ce = F.cross_entropy(logits.masked_fill(~own, -1e4), target[idx], reduction='none'); "
            "kept = SUPERVISED[task_of[idx]]; loss = loss + label_weight * (ce * kept).sum() / kept.sum().clamp(min=1)")
-    if old not in source:
-        raise SystemExit("holdout: model.pretrain's supervised loss line changed; update this script")
     suite = suite_tasks(20)
-    namespace = dict(vars(M))
-    namespace["SUPERVISED"] = torch.tensor([0.0 if t in SUITES[8] else 1.0 for t in suite])
-    exec(compile(source.replace(old, new), "pretrain_holdout", "exec"), namespace)
-    M.pretrain = namespace["pretrain"]
+    _patch("pretrain", old, new, "holdout", SUPERVISED=torch.tensor([0.0 if t in SUITES[8] else 1.0 for t in suite]))
     print("supervised term on:", ", ".join(t for t in suite if t not in SUITES[8]))
     return _build(args)
 
@@ -231,7 +232,7 @@ def ft_only(src: str, dst: str, overrides) -> int:
     over = dict(a.split("=", 1) for a in overrides)
     weight_decay = over.pop("ft_weight_decay", None)
     if "ftshift" in over:
-        _shift(int(over.pop("ftshift")), "finetune", "head, pixels[idx], logit_scale")
+        _shift(int(over.pop("ftshift")), "finetune", FINETUNE_CALL)
     found = sorted(Path(src).glob("tinyclip_synth_seed*"))
     if len(found) != 1:
         raise SystemExit(f"ft-only: {src} must hold one tinyclip_synth_seed<S> folder, found {len(found)}")
@@ -279,7 +280,7 @@ def main(argv) -> int:
         if "shift" in keys:
             _shift(int(keys["shift"]), "pretrain", "pixel_values=pixels[idx]")
         if "ftshift" in keys:
-            _shift(int(keys["ftshift"]), "finetune", "head, pixels[idx], logit_scale")
+            _shift(int(keys["ftshift"]), "finetune", FINETUNE_CALL)
         if keys.get("broad") == "1":
             _broaden()
         return domain(float(params[0]), float(params[1]) if len(params) > 1 else 0.25, args)
