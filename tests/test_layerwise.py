@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import re
+import statistics
 import tempfile
 
 import numpy as np
@@ -23,6 +24,7 @@ from fusion_bench_larv.synth.layerwise import parse_tasks
 from fusion_bench_larv.synth.layerwise_facts import GRID, MERGERS
 
 BLOCK = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")
+PATCH = "vision_model.embeddings.patch_embedding.weight"
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
@@ -59,24 +61,33 @@ class Oracle:
                               if v.is_floating_point()} for t in tasks}
 
     @torch.no_grad()
-    def accuracy(self, state, task, split="test"):
+    def hits(self, state, task, split="test"):
+        """1 for each image the tower gets right, else 0 (a list of ints)."""
         self.tower.load_state_dict(state, strict=False)
         x, y = self.data[task, split]
         emb = self.clip.visual_projection(self.tower(pixel_values=x).pooler_output)
         pred = (F.normalize(emb, dim=-1) @ self.heads[task].T).argmax(-1).numpy()
-        return 100.0 * float((pred == y).sum()) / len(y)
+        return [int(p == label) for p, label in zip(pred, y)]
+
+    def accuracy(self, state, task, split="test"):
+        hits = self.hits(state, task, split)
+        return 100.0 * sum(hits) / len(hits)
 
     def ramp(self, state, alpha, beta, base=None):
         """θ0 + λ (θ − θ0), λ = α + β ℓ/(L−1) in block ℓ, α elsewhere."""
         return self.blocks(state, lambda l, L: alpha + beta * (l / (L - 1)), alpha, base)
 
-    def blocks(self, state, lam, outside, base=None):
-        """θ0 + λ (θ − θ0) with λ = ``lam(ℓ, L)`` in block ℓ and ``outside`` elsewhere (float32, in
-        the op order of an in-place ``(w − b) λ + b``; λ = 1 leaves a tensor as it is)."""
+    def blocks(self, state, lam, outside, base=None, patch=None):
+        """θ0 + λ (θ − θ0) with λ = ``lam(ℓ, L)`` in block ℓ, ``patch`` (when given) on the patch
+        embedding and ``outside`` elsewhere (float32, in the op order of an in-place
+        ``(w − b) λ + b``; λ = 1 leaves a tensor as it is)."""
         base = self.theta0 if base is None else base
         depth = {k: int(m.group(1)) for k in state if (m := BLOCK.match(k))}
         L = max(depth.values()) + 1
         scale = {k: lam(depth[k], L) if k in depth else outside for k in state}
+        if patch is not None:
+            assert PATCH in scale, sorted(k for k in scale if BLOCK.match(k) is None)
+            scale[PATCH] = patch
         return {k: state[k] if scale[k] == 1.0 else (state[k] - base[k]) * scale[k] + base[k] for k in state}
 
 
@@ -131,16 +142,17 @@ def test_single_task_retention_and_forgetting_match_an_independent_loop(measured
 def test_depth_controls_match_an_independent_loop(measured, oracle, tiny_synth):
     result, out, _ = measured
     tasks, single = tiny_synth.tasks, result["single_task"]
-    controls = {  # name: (λ of block l of L, λ outside the blocks)
-        "reversed": (lambda l, L: 1.0 - 0.9 * l / (L - 1), 0.1),
-        "uniform": (lambda l, L: 0.55, 0.1),
-        "deep_half": (lambda l, L: float(l >= L // 2), 0.1),
-        "shallow_half": (lambda l, L: float(l < L // 2), 0.1),
-        "outside_whole": (lambda l, L: 0.1 + 0.9 * l / (L - 1), 1.0),
+    controls = {  # name: (λ of block l of L, λ outside the blocks, λ of the patch embedding if other)
+        "reversed": (lambda l, L: 1.0 - 0.9 * l / (L - 1), 0.1, None),
+        "uniform": (lambda l, L: 0.55, 0.1, None),
+        "deep_half": (lambda l, L: float(l >= L // 2), 0.1, None),
+        "shallow_half": (lambda l, L: float(l < L // 2), 0.1, None),
+        "outside_whole": (lambda l, L: 0.1 + 0.9 * l / (L - 1), 1.0, None),
+        "patch_whole": (lambda l, L: 0.1 + 0.9 * l / (L - 1), 0.1, 1.0),
     }
     assert set(single["depth_controls"]) == set(controls)
-    own = {name: {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], lam, outside), t) for t in tasks}
-           for name, (lam, outside) in controls.items()}
+    own = {name: {t: oracle.accuracy(oracle.blocks(oracle.finetuned[t], lam, outside, patch=patch), t) for t in tasks}
+           for name, (lam, outside, patch) in controls.items()}
     for name in controls:
         for t in tasks:
             assert single["depth_controls"][name]["own"][t] == pytest.approx(own[name][t], abs=1e-9), (name, t)
@@ -163,10 +175,14 @@ def test_lines_against_task_arithmetic_matches_an_independent_loop(measured, ora
         val = {v: mean(oracle.accuracy(make(v), s, "val") for s in tasks) for v in GRID}
         best = max(round(a, 9) for a in val.values())
         chosen = min(v for v, a in val.items() if round(a, 9) == best)
-        return chosen, mean(oracle.accuracy(make(chosen), s) for s in tasks)
+        return chosen, {s: oracle.hits(make(chosen), s) for s in tasks}
 
-    ta_choice, ta_test = tuned(lambda lam: oracle.ramp(summed, lam, 0.0))
-    lines_choice, lines_test = tuned(lambda beta: oracle.ramp(summed, 1.0 / T, beta))
+    ta_choice, ta_hits = tuned(lambda lam: oracle.ramp(summed, lam, 0.0))
+    lines_choice, lines_hits = tuned(lambda beta: oracle.ramp(summed, 1.0 / T, beta))
+    ta_test, lines_test = (mean(100.0 * sum(h[s]) / len(h[s]) for s in tasks) for h in (ta_hits, lines_hits))
+    # the margin's standard error over the paired test images: per-image differences, sample variance
+    diffs = {s: [a - b for a, b in zip(lines_hits[s], ta_hits[s])] for s in tasks}
+    se = 100.0 / T * math.sqrt(sum(statistics.variance(d) / len(d) for d in diffs.values()))
     merge = result["lines_vs_task_arithmetic"]
     assert merge["alpha"] == pytest.approx(1.0 / T, rel=1e-6)
     assert merge["task_arithmetic"]["chosen"] == ta_choice
@@ -174,6 +190,9 @@ def test_lines_against_task_arithmetic_matches_an_independent_loop(measured, ora
     assert merge["task_arithmetic"]["test_mean"] == pytest.approx(ta_test, abs=1e-9)
     assert merge["lines"]["test_mean"] == pytest.approx(lines_test, abs=1e-9)
     assert merge["margin"] == pytest.approx(lines_test - ta_test, abs=1e-9)
+    assert merge["margin_se"] == pytest.approx(se, rel=1e-9)
+    facts = {f["fact"]: f for f in result["facts"]}
+    assert facts["3-se"]["passed"] is None and facts["3-se"]["value"] == pytest.approx(se, rel=1e-9)
 
 
 def test_report_files_and_trends(measured, tiny_synth):

@@ -4,17 +4,17 @@ Measures, on a built suite (issue #23; docs/benchmark.md, "Layer-wise behaviour"
 layer-wise facts that LiNeS (Wang et al., "LiNeS: Post-training layer scaling prevents
 forgetting and enhances model merging", ICLR 2025) reports for real CLIP, in-process, with the
 zero-shot heads the task pool uses (``model.zeroshot_head``, FusionBench's ``HFCLIPClassifier``
-rule) and ``model.accuracy``:
+rule) and ``model.correct``:
 
 1. **Single-task retention.** Each fine-tuned tower's update τ_t = θ_t − θ0 scaled per block by
    the LiNeS ramp λ_ℓ = 0.1 + 0.9 ℓ/(L−1) (parameters outside the blocks: 0.1); the mean test
    accuracy of the ramped towers on their own tasks over that of the fine-tuned towers
    (real CLIP ViT-B/32, 8 tasks: 90.5 → 90.3, 0.998). Reported beside it, the depth controls:
-   the same update with its blocks scaled by the reversed ramp (λ_ℓ = 1 − 0.9 ℓ/(L−1)), by the
-   ramp's mean 0.55 in every block, or kept whole in one half of the blocks and removed in the
-   other (outside the blocks 0.1 in each); ``depth_gain`` = ramped − reversed (points). On a
-   tower whose task lives in the deep blocks the ramp keeps more than the reversed ramp and the
-   uniform scale; where accuracy only follows the update's size, all three keep about the same.
+   the blocks scaled by the reversed ramp (λ_ℓ = 1 − 0.9 ℓ/(L−1)), by the ramp's mean 0.55, or
+   one half kept whole and the other removed (outside the blocks 0.1 in each), and the ramp with
+   all parameters outside the blocks, or only the patch embedding, kept whole; ``depth_gain`` =
+   ramped − reversed (points). Where a task lives in the deep blocks the ramp keeps more than the
+   reversed ramp and the uniform scale; where accuracy follows the update's size, all three agree.
 2. **Forgetting and its recovery.** For each task t, the mean test accuracy on the other tasks
    of the zero-shot model, of θ_t and of the ramped θ_t; ``loss`` = zero-shot − fine-tuned,
    ``recovered`` = (ramped − fine-tuned) / loss, both averaged over t first (real CLIP: 48.3 →
@@ -23,7 +23,8 @@ rule) and ``model.accuracy``:
    LiNeS: the update Σ τ_t (task arithmetic at scale 1) scaled by α + β ℓ/(L−1), α = LiNeS's
    ``||Σ τ_t||_1 / (T ||Σ τ_t||_1)`` = 1/T (``gates.lines_alpha``), β ∈ {0.1, …, 1.0}, outside
    the blocks α. λ and β are chosen on the validation splits (mean accuracy, ties to the
-   smaller value); the margin is LiNeS's test accuracy minus task arithmetic's.
+   smaller value); the margin is LiNeS's test accuracy minus task arithmetic's, with its standard
+   error over the paired test images (``layerwise_facts.paired_margin_se``).
 4. **Figure-2 trends.** LARV's per-block diagnostics e_ℓ (effective-rank contrast) and c_ℓ
    (commutator coefficient) of the merged update of each of the paper's six mergers at
    FusionBench's CLIP settings (``defaults.BASE_MERGERS``), computed by the package's own
@@ -60,9 +61,12 @@ from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
 from ..state_dicts import float_state_dict, rescale_update_, snapshot, task_sum_l1
 from .build import ensure
 from .datasets import load_split
-from .layerwise_facts import CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge
+from .layerwise_facts import (CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge,
+                              paired_margin_se)
 from .layerwise_ranks import rank_profile
 from .tasks import SUITE_ORDER, SUITES
+
+PATCH_EMBEDDING = "embeddings.patch_embedding.weight"  # the one patch-embedding key of a CLIP vision tower
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +151,9 @@ def _controls(layout: BlockLayout) -> Dict[str, Dict[str, float]]:
     """``{name: {key: λ}}`` of the depth controls: the update's blocks scaled in another depth
     order (reversed ramp), without order (uniform, the ramp's mean), or one half kept whole and
     the other removed, outside the blocks ``SINGLE_ALPHA`` as in the ramp; and the ramp itself
-    with the parameters outside the blocks (embeddings, pre- and post-norm) kept whole, which
-    shows how much of fact 1's loss sits outside the blocks."""
+    with the parameters outside the blocks (embeddings, pre- and post-norm) kept whole, or only
+    the patch embedding kept whole, which show how much of fact 1's loss sits outside the blocks
+    and how much of that in the patch embedding."""
     L = layout.num_blocks
     rows = {
         "reversed": [float(x) for x in linear_depth_scales(L, alpha=SINGLE_ALPHA + SINGLE_BETA, beta=-SINGLE_BETA)],
@@ -158,6 +163,11 @@ def _controls(layout: BlockLayout) -> Dict[str, Dict[str, float]]:
     }
     controls = {name: scale_map(layout, scales, non_block_scale=SINGLE_ALPHA) for name, scales in rows.items()}
     controls["outside_whole"] = _ramp(layout, SINGLE_ALPHA, SINGLE_BETA, outside=1.0)
+    ramp = _ramp(layout, SINGLE_ALPHA, SINGLE_BETA)
+    patch = [k for k in layout.non_block_keys if k.endswith(PATCH_EMBEDDING)]
+    if len(patch) != 1:
+        raise ValueError(f"expected one key ending in {PATCH_EMBEDDING!r} outside the blocks, got {patch}")
+    controls["patch_whole"] = {**ramp, patch[0]: 1.0}
     return controls
 
 
@@ -178,8 +188,12 @@ class _Evaluator:
         self.bar = tqdm(total=total, desc="layerwise: evaluations", unit="eval", disable=not progress,
                         dynamic_ncols=True)
 
-    @torch.no_grad()
     def __call__(self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test") -> Dict[str, float]:
+        return {task: 100.0 * float(hits.mean()) for task, hits in self.hits(state, tasks, split).items()}
+
+    @torch.no_grad()
+    def hits(self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"):
+        """``{task: bool per image}``: which images of ``split`` the tower gets right."""
         from . import model as M
 
         s = self.suite
@@ -188,8 +202,7 @@ class _Evaluator:
             raise ValueError(f"state dict does not fit the vision tower: missing {missing}, unexpected {unexpected}")
         out = {}
         for task in tasks:
-            images, labels = s.data[task][split]
-            out[task] = 100.0 * M.accuracy(s.clip, s.vision, s.heads[task], images, labels)
+            out[task] = M.correct(s.clip, s.vision, s.heads[task], *s.data[task][split])
             self.bar.update(1)
         return out
 
@@ -253,15 +266,17 @@ def _lines_vs_ta(suite: _Suite, evaluate: _Evaluator) -> dict:
         "task_arithmetic": {v: {k: v for k in theta0} for v in GRID},
         "lines": {v: _ramp(suite.layout, alpha, v) for v in GRID},
     }
-    out = {"alpha": alpha}
+    out, hits = {"alpha": alpha}, {}
     for name, grid in candidates.items():
         val = {v: evaluate(_rescaled(theta0, task_sum, scales), tasks, "val") for v, scales in grid.items()}
         curve = {v: _mean(acc.values()) for v, acc in val.items()}
         chosen = _pick(curve)
-        test = evaluate(_rescaled(theta0, task_sum, grid[chosen]), tasks, "test")
+        hits[name] = evaluate.hits(_rescaled(theta0, task_sum, grid[chosen]), tasks, "test")
+        test = {t: 100.0 * float(h.mean()) for t, h in hits[name].items()}
         out[name] = {"chosen": chosen, "val_curve": curve, "val": curve[chosen], "test": test,
                      "test_mean": _mean(test.values())}
     out["margin"] = out["lines"]["test_mean"] - out["task_arithmetic"]["test_mean"]
+    out["margin_se"] = paired_margin_se(hits["lines"], hits["task_arithmetic"])
     return out
 
 

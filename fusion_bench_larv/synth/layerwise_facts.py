@@ -16,7 +16,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json, atomic_write_text
 
-__all__ = ["GRID", "SINGLE_ALPHA", "SINGLE_BETA", "MERGERS", "TREND_MERGERS", "THRESHOLDS", "judge", "check_out",
+__all__ = ["GRID", "SINGLE_ALPHA", "SINGLE_BETA", "MERGERS", "TREND_MERGERS", "THRESHOLDS", "judge", "paired_margin_se", "check_out",
            "report_paths", "format_markdown", "write_report"]
 
 #: the grid of task arithmetic's λ and of LiNeS's β (LiNeS's paper: 0.1 … 1.0)
@@ -42,6 +42,18 @@ THRESHOLDS = {
 def _mean(values) -> float:
     values = list(values)
     return math.fsum(values) / len(values)
+
+
+def paired_margin_se(hits_a, hits_b) -> float:
+    """Standard error (points) of the mean over tasks of ``acc_a − acc_b``, the two models scored on
+    the same test images (``{task: bool per image}`` each): ``100 / T · sqrt(Σ_t s_t² / n_t)``, s_t²
+    the sample variance (ddof 1) of the per-image difference of task t. The models are held fixed,
+    so the choice of λ and β on validation is not part of it."""
+    terms = []
+    for task, a in hits_a.items():
+        diff = np.asarray(a, dtype=np.float64) - np.asarray(hits_b[task], dtype=np.float64)
+        terms.append(float(diff.var(ddof=1)) / len(diff) if len(diff) > 1 else float("nan"))
+    return 100.0 * math.sqrt(math.fsum(terms)) / len(terms)
 
 
 def check_out(out: Union[str, Path]) -> Path:
@@ -82,6 +94,9 @@ def judge(n_tasks: int, single: dict, merge: dict, trends: dict) -> List[dict]:
     else:
         add("3", "LiNeS minus task arithmetic, test (points; λ, β chosen on val)",
             f">= {th['lines_margin_more_min']}", margin, margin >= th["lines_margin_more_min"], "{:+.2f}")
+    se = merge["margin_se"]
+    add("3-se", "fact 3's margin: standard error over the test images (λ, β held; ±1.96 of it: 95 %)", "reported",
+        se, None, f"{{:.2f}} (95 %: {margin - 1.96 * se:+.2f} to {margin + 1.96 * se:+.2f})")
     for merger, values in trends.items():
         judged = n_tasks == 8 and merger in TREND_MERGERS
         for diag, key, bound in (("e", "e_rho", "e_rho_min"), ("c", "c_rho", "c_rho_max")):
@@ -136,7 +151,9 @@ def format_markdown(result: dict, command: Optional[str] = None) -> str:
         m = merge[name]
         curve = " | ".join(f"{m['val_curve'][v]:.1f}" for v in GRID)
         lines.append(f"| {name} | {curve} | {m['chosen']:g} | {m['val']:.1f} | {m['test_mean']:.1f} |")
-    lines += ["", f"Margin (test): {merge['margin']:+.2f} points.", "",
+    se = merge["margin_se"]
+    lines += ["", f"Margin (test): {merge['margin']:+.2f} points; standard error {se:.2f} over the paired test "
+              f"images with λ and β held (95 %: {merge['margin'] - 1.96 * se:+.2f} to {merge['margin'] + 1.96 * se:+.2f}).", "",
               "## Fact 4: LARV's diagnostics against depth (merged update, FusionBench's CLIP settings)", "",
               "| merger | test mean | ρ(depth, e) | ρ(depth, c) | e_ℓ, ℓ = 0 … L−1 | c_ℓ |", "|---|---:|---:|---:|---|---|"]
     for merger, v in trends.items():
@@ -182,6 +199,7 @@ CONTROL_LABELS = {
     "deep_half": "deep half only",
     "shallow_half": "shallow half only",
     "outside_whole": "ramp, outside whole",
+    "patch_whole": "ramp, patch embedding whole",
 }
 
 
@@ -193,7 +211,8 @@ def _controls_markdown(tasks, single: dict) -> List[str]:
              f"{SINGLE_ALPHA} in each): the reversed ramp λ_ℓ = {SINGLE_ALPHA + SINGLE_BETA:g} − {SINGLE_BETA} ℓ/(L−1), "
              "the ramp's mean in every block, or one half of the blocks kept whole and the other removed; "
              "last, the ramp with the parameters outside the blocks (embeddings, pre- and post-norm) "
-             f"kept whole instead of scaled by {SINGLE_ALPHA}.", "",
+             f"kept whole instead of scaled by {SINGLE_ALPHA}, and the ramp with only the patch embedding "
+             "kept whole.", "",
              "| task | fine-tuned | ramped | " + " | ".join(CONTROL_LABELS[c] for c in controls) + " |",
              "|---|---:|---:|" + "---:|" * len(controls)]
     for t in tasks:

@@ -334,9 +334,9 @@ def finetune(
 
 
 @torch.no_grad()
-def accuracy(model: CLIPModel, vision: torch.nn.Module, head: torch.Tensor, images: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy of ``vision`` with the zero-shot ``head`` (quick in-process check)."""
+def correct(model: CLIPModel, vision: torch.nn.Module, head: torch.Tensor, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Whether ``vision`` with the zero-shot ``head`` gets each image right (bool per image)."""
     vision.eval()
     pixels = to_pixels(images)
     preds = torch.cat([vision_logits(model, vision, head, pixels[i : i + 512]).argmax(-1) for i in range(0, len(pixels), 512)])
-    return float((preds.numpy() == labels).mean())
+    return preds.numpy() == labels
