@@ -1,4 +1,4 @@
-"""Research builds of docs/benchmark.md, "Tried (research, ...)" (2026-12-05 and 2026-12-06).
+"""Research builds of docs/benchmark.md, "Tried (research, ...)" (2026-12-05 and 2026-12-06), and one probe.
 
 They change the generator or the pretraining loss in ways that are not `Recipe` fields, so they
 are not `python -m fusion_bench_larv.synth build` options. Each variant patches one function of
@@ -27,6 +27,11 @@ variant in a cache folder of its own. Measure a build with
         ft_weight_decay=X sets the fine-tuning weight decay alone (the recipe has one for both);
         ftshift=PX moves the fine-tuning images as in `domain`;
         SRC holds one build (any seed: DST gets the same seed)
+    python scripts/layerwise_research.py patch-rows DIR [SEED]
+        no build: for the 8-task build in DIR, the share of the test images' centred patch
+        variance that lies in the row space of the pretrained and of each fine-tuned patch
+        embedding (and in the best row space of that size, the principal one), and how far fine-tuning turns that row space (mean squared cosine of the
+        principal angles; 1 = not at all)
 """
 
 from __future__ import annotations
@@ -261,13 +266,50 @@ def ft_only(src: str, dst: str, overrides) -> int:
     return 0
 
 
+def patch_rows(cache: str, seed: int) -> int:
+    from transformers import CLIPVisionModel
+
+    from fusion_bench_larv.synth import model as M
+    from fusion_bench_larv.synth.build import ensure
+    from fusion_bench_larv.synth.datasets import load_split
+    from fusion_bench_larv.synth.tasks import SUITES
+
+    assets = ensure(list(SUITES[8]), cache_dir=cache, seed=seed, build_if_missing=False)
+
+    def rows(path):  # an orthonormal basis of the patch embedding's row space, and the patch size
+        w = CLIPVisionModel.from_pretrained(str(path)).vision_model.embeddings.patch_embedding.weight.detach()
+        return np.linalg.qr(w.reshape(w.shape[0], -1).double().numpy().T)[0], w.shape[-1]
+
+    q0, p = rows(assets.pretrained)
+    shares, overlaps = [], []
+    for task in SUITES[8]:
+        x = M.to_pixels(load_split(assets, task, "test")[0])
+        patches = x.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(-1, q0.shape[0]).double().numpy()
+        patches = patches - patches.mean(0)
+        qt, _ = rows(assets.finetuned(task))
+        share = [float(((patches @ q) ** 2).sum() / (patches ** 2).sum()) for q in (q0, qt)]
+        spectrum = np.linalg.svd(patches, compute_uv=False) ** 2
+        share.append(float(spectrum[: q0.shape[1]].sum() / spectrum.sum()))  # the best row space of this size
+        overlaps.append(float((np.linalg.svd(q0.T @ qt, compute_uv=False) ** 2).mean()))
+        shares.append(share)
+        print(f"{task:20s} variance in the rows: pretrained {share[0]:.3f}, fine-tuned {share[1]:.3f}, "
+              f"principal {share[2]:.3f}; overlap {overlaps[-1]:.4f}")
+    mean = np.mean(shares, axis=0)
+    print(f"{'mean':20s} variance in the rows: pretrained {mean[0]:.3f}, fine-tuned {mean[1]:.3f}, principal "
+          f"{mean[2]:.3f}; overlap {np.mean(overlaps):.4f} (a random row space of this size holds "
+          f"{q0.shape[1] / q0.shape[0]:.3f}; principal: the {q0.shape[1]} principal directions)")
+    return 0
+
+
 def main(argv) -> int:
-    if not argv or argv[0] not in ("grain", "domain", "holdout", "ft-only"):
+    if not argv or argv[0] not in ("grain", "domain", "holdout", "ft-only", "patch-rows"):
         print(__doc__)
         return 2
     what, rest = argv[0], argv[1:]
     if what == "ft-only":
         return ft_only(rest[0], rest[1], rest[2:])
+    if what == "patch-rows":
+        return patch_rows(rest[0], int(rest[1]) if len(rest) > 1 else 0)
     params, args = (rest[:rest.index("--")], rest[rest.index("--") + 1:]) if "--" in rest else ([], rest)
     if what == "grain":
         return grain(float(params[0]), float(params[1]), args)
