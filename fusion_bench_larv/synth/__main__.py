@@ -18,6 +18,8 @@ from .build import Recipe, build, default_cache_dir, ensure
 from .model import ModelSize
 from .tasks import SUITE_ORDER, SUITES
 
+SEED_HELP = "suite seed: data, initialisation and batch order (default 0)"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fusion_bench_larv.synth", description=__doc__)
@@ -27,24 +29,27 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cache-dir", default=None, help=f"cache root (default: {default_cache_dir()})")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads while building (default 1: fastest on a shared machine, reproducible weights)")
     b.add_argument("--from-scratch", action="store_true", help="train every model, even where the package ships the weights of this seed and recipe (synth/shipped.py)")
+    recipe = b.add_argument_group("recipe (synth/build.py, Recipe; a build records it in its manifest)")
     for f in dataclasses.fields(Recipe):
         if f.name != "model":
-            b.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+            recipe.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                                help=SEED_HELP if f.name == "seed" else f"default {f.default}")
+    size = b.add_argument_group("model size (synth/model.py, ModelSize)")
     for f in dataclasses.fields(ModelSize):
-        b.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+        size.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None, help=f"default {f.default}")
     sh = sub.add_parser("ship", help="copy a complete 8-task build's weights into the package as its shipped weights (synth/shipped.py)")
     sh.add_argument("--cache-dir", required=True, help="cache root of a build made with --from-scratch")
-    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     sh.add_argument("--out", default=None, help="shipped root (default: the package's own, fusion_bench_larv/synth/shipped)")
     sub.add_parser("list", help="list the task names in suite order")
     st = sub.add_parser("stats", help="task-vector norms, cosines and depth profile of a build (docs/benchmark.md)")
     st.add_argument("--tasks", default="8", help="8, 14, 20, or a comma-separated list of task names")
     st.add_argument("--cache-dir", default=None, help=f"cache root (default: {default_cache_dir()})")
-    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     lw = sub.add_parser("layerwise", help="layer-wise facts of a build: single-task LiNeS ramp, forgetting, LiNeS vs task arithmetic, depth trends of LARV's diagnostics (synth/layerwise.py)")
     lw.add_argument("--tasks", default="8", help="8, 14, 20, or a comma-separated list of task names")
     lw.add_argument("--cache-dir", default=None, help=f"cache root (default: {default_cache_dir()})")
-    lw.add_argument("--seed", type=int, default=0)
+    lw.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     lw.add_argument("--out", default="layerwise", help="output folder for layerwise_<N>tasks_seed<S>.{json,md} (default: ./layerwise)")
     lw.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     return parser
