@@ -199,6 +199,10 @@ def test_report_files_and_trends(measured, tiny_synth):
     result, out, _ = measured
     md = (out / f"layerwise_{len(tiny_synth.tasks)}tasks_seed0.md").read_text()
     assert "python -m fusion_bench_larv.synth layerwise --tasks" in md
+    # the recorded command leaves out the machine's cache folder (passed as --cache-dir above)
+    saved = (out / f"layerwise_{len(tiny_synth.tasks)}tasks_seed0.json").read_text()
+    assert str(tiny_synth.cache_dir) not in md and str(tiny_synth.cache_dir) not in saved
+    assert "--cache-dir" not in result["command"] and f"--out {out}" in result["command"]
     for fact in result["facts"]:
         assert f"| {fact['fact']} |" in md
     assert set(result["trends"]) == set(MERGERS)

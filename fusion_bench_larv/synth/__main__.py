@@ -113,8 +113,11 @@ def _layerwise(args, argv) -> int:
         print(f"layerwise: error: {e}", file=sys.stderr)
         return 2
     result = measure(args.tasks, cache_dir=args.cache_dir, seed=args.seed, threads=args.threads)
-    command = "python -m fusion_bench_larv.synth " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    paths = write_report(result, args.out, command=command)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # the report records how to rerun it, without this machine's cache folder (``assets`` names the build)
+    words = [w for i, w in enumerate(words) if not (w == "--cache-dir" or w.startswith("--cache-dir=")
+                                                   or (i > 0 and words[i - 1] == "--cache-dir"))]
+    paths = write_report(result, args.out, command="python -m fusion_bench_larv.synth " + shlex.join(words))
     for fact in result["facts"]:
         status = {True: "pass", False: "FAIL", None: ""}[fact["passed"]]
         print(f"  {fact['fact']:24s} {fact['shown']:>8s}  ({fact['threshold']}) {status}")

@@ -95,8 +95,8 @@ def judge(n_tasks: int, single: dict, merge: dict, trends: dict) -> List[dict]:
         add("3", "LiNeS minus task arithmetic, test (points; λ, β chosen on val)",
             f">= {th['lines_margin_more_min']}", margin, margin >= th["lines_margin_more_min"], "{:+.2f}")
     se = merge["margin_se"]
-    add("3-se", "fact 3's margin: standard error over the test images (λ, β held; ±1.96 of it: 95 %)", "reported",
-        se, None, f"{{:.2f}} (95 %: {margin - 1.96 * se:+.2f} to {margin + 1.96 * se:+.2f})")
+    add("3-se", "fact 3's margin: standard error over the paired test images (λ, β held)",
+        f"reported; 95 %: {margin - 1.96 * se:+.2f} to {margin + 1.96 * se:+.2f}", se, None, "±{:.2f}")
     for merger, values in trends.items():
         judged = n_tasks == 8 and merger in TREND_MERGERS
         for diag, key, bound in (("e", "e_rho", "e_rho_min"), ("c", "c_rho", "c_rho_max")):
