@@ -30,8 +30,9 @@ variant in a cache folder of its own. Measure a build with
     python scripts/layerwise_research.py patch-rows DIR [SEED]
         no build: for the 8-task build in DIR, the share of the test images' centred patch
         variance that lies in the row space of the pretrained and of each fine-tuned patch
-        embedding (and in the best row space of that size, the principal one), and how far fine-tuning turns that row space (mean squared cosine of the
-        principal angles; 1 = not at all)
+        embedding (and in the best row space of that size, the principal one), and how far
+        fine-tuning turns that row space (mean squared cosine of the principal angles; 1 = not
+        at all)
 """
 
 from __future__ import annotations

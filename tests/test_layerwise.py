@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fusion_bench_larv.synth.__main__ import main
+from fusion_bench_larv.synth.__main__ import _without_cache_dir, main
 from fusion_bench_larv.synth.layerwise import parse_tasks
 from fusion_bench_larv.synth.layerwise_facts import GRID, MERGERS
 
@@ -203,6 +203,8 @@ def test_report_files_and_trends(measured, tiny_synth):
     saved = (out / f"layerwise_{len(tiny_synth.tasks)}tasks_seed0.json").read_text()
     assert str(tiny_synth.cache_dir) not in md and str(tiny_synth.cache_dir) not in saved
     assert "--cache-dir" not in result["command"] and f"--out {out}" in result["command"]
+    for spelled in (["--cache-dir", "/c"], ["--cache-dir=/c"], ["--cache", "/c"], ["--c=/c"]):
+        assert _without_cache_dir(["layerwise", *spelled, "--out", "o"]) == ["layerwise", "--out", "o"], spelled
     for fact in result["facts"]:
         assert f"| {fact['fact']} |" in md
     assert set(result["trends"]) == set(MERGERS)

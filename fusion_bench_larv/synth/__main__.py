@@ -21,6 +21,22 @@ from .tasks import SUITE_ORDER, SUITES
 SEED_HELP = "suite seed: data, initialisation and batch order (default 0)"
 
 
+def _without_cache_dir(words) -> list:
+    """The command-line words without ``--cache-dir`` and its value, in any spelling argparse takes
+    (``--cache-dir X``, ``--cache-dir=X``, a prefix such as ``--cache X``): a report records how to
+    rerun it, not this machine's cache folder (its ``assets`` names the build)."""
+    out, skip = [], False
+    for word in words:
+        option = word.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(option) > 2 and "--cache-dir".startswith(option):
+            skip = "=" not in word
+        else:
+            out.append(word)
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fusion_bench_larv.synth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,10 +129,7 @@ def _layerwise(args, argv) -> int:
         print(f"layerwise: error: {e}", file=sys.stderr)
         return 2
     result = measure(args.tasks, cache_dir=args.cache_dir, seed=args.seed, threads=args.threads)
-    words = list(sys.argv[1:] if argv is None else argv)
-    # the report records how to rerun it, without this machine's cache folder (``assets`` names the build)
-    words = [w for i, w in enumerate(words) if not (w == "--cache-dir" or w.startswith("--cache-dir=")
-                                                   or (i > 0 and words[i - 1] == "--cache-dir"))]
+    words = _without_cache_dir(sys.argv[1:] if argv is None else argv)
     paths = write_report(result, args.out, command="python -m fusion_bench_larv.synth " + shlex.join(words))
     for fact in result["facts"]:
         status = {True: "pass", False: "FAIL", None: ""}[fact["passed"]]

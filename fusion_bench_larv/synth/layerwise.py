@@ -61,7 +61,7 @@ from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
 from ..state_dicts import float_state_dict, rescale_update_, snapshot, task_sum_l1
 from .build import ensure
 from .datasets import load_split
-from .layerwise_facts import (CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, judge,
+from .layerwise_facts import (CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, _mean, judge,
                               paired_margin_se)
 from .layerwise_ranks import rank_profile
 from .tasks import SUITE_ORDER, SUITES
@@ -189,7 +189,7 @@ class _Evaluator:
                         dynamic_ncols=True)
 
     def __call__(self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test") -> Dict[str, float]:
-        return {task: 100.0 * float(hits.mean()) for task, hits in self.hits(state, tasks, split).items()}
+        return _percent(self.hits(state, tasks, split))
 
     @torch.no_grad()
     def hits(self, state: Mapping[str, torch.Tensor], tasks: Sequence[str], split: str = "test"):
@@ -207,9 +207,9 @@ class _Evaluator:
         return out
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return math.fsum(values) / len(values)
+def _percent(hits: Mapping) -> Dict[str, float]:
+    """``{task: accuracy (%)}`` of ``{task: bool per image}``."""
+    return {task: 100.0 * float(h.mean()) for task, h in hits.items()}
 
 
 # ----------------------------------------------------------------------------- facts
@@ -272,7 +272,7 @@ def _lines_vs_ta(suite: _Suite, evaluate: _Evaluator) -> dict:
         curve = {v: _mean(acc.values()) for v, acc in val.items()}
         chosen = _pick(curve)
         hits[name] = evaluate.hits(_rescaled(theta0, task_sum, grid[chosen]), tasks, "test")
-        test = {t: 100.0 * float(h.mean()) for t, h in hits[name].items()}
+        test = _percent(hits[name])
         out[name] = {"chosen": chosen, "val_curve": curve, "val": curve[chosen], "test": test,
                      "test_mean": _mean(test.values())}
     out["margin"] = out["lines"]["test_mean"] - out["task_arithmetic"]["test_mean"]

@@ -56,6 +56,12 @@ def paired_margin_se(hits_a, hits_b) -> float:
     return 100.0 * math.sqrt(math.fsum(terms)) / len(terms)
 
 
+def _interval95(merge: dict) -> str:
+    """Fact 3's margin ± 1.96 standard errors, as ``"+a to +b"``."""
+    margin, se = merge["margin"], merge["margin_se"]
+    return f"{margin - 1.96 * se:+.2f} to {margin + 1.96 * se:+.2f}"
+
+
 def check_out(out: Union[str, Path]) -> Path:
     """The output folder: refused (``ValueError`` naming ``out``) if it is an existing file or lies
     under one. Nothing is created here."""
@@ -94,9 +100,8 @@ def judge(n_tasks: int, single: dict, merge: dict, trends: dict) -> List[dict]:
     else:
         add("3", "LiNeS minus task arithmetic, test (points; λ, β chosen on val)",
             f">= {th['lines_margin_more_min']}", margin, margin >= th["lines_margin_more_min"], "{:+.2f}")
-    se = merge["margin_se"]
     add("3-se", "fact 3's margin: standard error over the paired test images (λ, β held)",
-        f"reported; 95 %: {margin - 1.96 * se:+.2f} to {margin + 1.96 * se:+.2f}", se, None, "±{:.2f}")
+        f"reported; 95 %: {_interval95(merge)}", merge["margin_se"], None, "±{:.2f}")
     for merger, values in trends.items():
         judged = n_tasks == 8 and merger in TREND_MERGERS
         for diag, key, bound in (("e", "e_rho", "e_rho_min"), ("c", "c_rho", "c_rho_max")):
@@ -151,9 +156,8 @@ def format_markdown(result: dict, command: Optional[str] = None) -> str:
         m = merge[name]
         curve = " | ".join(f"{m['val_curve'][v]:.1f}" for v in GRID)
         lines.append(f"| {name} | {curve} | {m['chosen']:g} | {m['val']:.1f} | {m['test_mean']:.1f} |")
-    se = merge["margin_se"]
-    lines += ["", f"Margin (test): {merge['margin']:+.2f} points; standard error {se:.2f} over the paired test "
-              f"images with λ and β held (95 %: {merge['margin'] - 1.96 * se:+.2f} to {merge['margin'] + 1.96 * se:+.2f}).", "",
+    lines += ["", f"Margin (test): {merge['margin']:+.2f} points; standard error {merge['margin_se']:.2f} over the "
+              f"paired test images with λ and β held (95 %: {_interval95(merge)}).", "",
               "## Fact 4: LARV's diagnostics against depth (merged update, FusionBench's CLIP settings)", "",
               "| merger | test mean | ρ(depth, e) | ρ(depth, c) | e_ℓ, ℓ = 0 … L−1 | c_ℓ |", "|---|---:|---:|---:|---|---|"]
     for merger, v in trends.items():
