@@ -27,6 +27,10 @@ variant in a cache folder of its own. Measure a build with
         ft_weight_decay=X sets the fine-tuning weight decay alone (the recipe has one for both);
         ftshift=PX moves the fine-tuning images as in `domain`;
         SRC holds one build (any seed: DST gets the same seed)
+    python scripts/layerwise_research.py lines-curves DIR [SEED]
+        no build: fact 3's task-arithmetic and LiNeS grids on the validation and the test splits
+        of the 8-task build in DIR, and the margin at the values chosen on validation against the
+        margin at the values best on test
     python scripts/layerwise_research.py patch-rows DIR [SEED]
         no build: for the 8-task build in DIR, the share of the test images' centred patch
         variance that lies in the row space of the pretrained and of each fine-tuned patch
@@ -302,8 +306,47 @@ def patch_rows(cache: str, seed: int) -> int:
     return 0
 
 
+def lines_curves(cache: str, seed: int) -> int:
+    """Fact 3's two grids on the validation and the test splits: how much of a build's margin the
+    choice of λ and β on validation costs or adds against the grid values best on test."""
+    import torch
+
+    from fusion_bench_larv.gates import lines_alpha
+    from fusion_bench_larv.state_dicts import task_sum_l1
+    from fusion_bench_larv.synth import layerwise as LW
+    from fusion_bench_larv.synth.build import ensure
+    from fusion_bench_larv.synth.tasks import SUITES
+
+    torch.set_num_threads(1)
+    tasks = list(SUITES[8])
+    suite = LW._load(ensure(tasks, cache_dir=cache, seed=seed, build_if_missing=False), tasks)
+    theta0 = suite.theta0
+    task_sum = {k: theta0[k] + sum(suite.finetuned[t][k] - theta0[k] for t in tasks) for k in theta0}
+    alpha = lines_alpha(task_sum_l1(suite.finetuned.values(), theta0), task_sum_l1([task_sum], theta0), len(tasks))
+    evaluate = LW._Evaluator(suite, 2 * 2 * len(LW.GRID) * len(tasks), progress=True)
+    curves = {}
+    for name, scales in (("task_arithmetic", lambda v: {k: v for k in theta0}),
+                         ("lines", lambda v: LW._ramp(suite.layout, alpha, v))):
+        curves[name] = {v: {split: LW._mean(evaluate(LW._rescaled(theta0, task_sum, scales(v)), tasks, split).values())
+                            for split in ("val", "test")} for v in LW.GRID}
+    evaluate.bar.close()
+    print(f"{'grid':>5} | task arithmetic val / test | LiNeS (α {alpha:.3f}) val / test")
+    for v in LW.GRID:
+        ta, li = curves["task_arithmetic"][v], curves["lines"][v]
+        print(f"{v:>5} | {ta['val']:6.2f} / {ta['test']:6.2f}           | {li['val']:6.2f} / {li['test']:6.2f}")
+    pick = {name: (LW._pick({v: c["val"] for v, c in curve.items()}), max(curve, key=lambda v: curve[v]["test"]))
+            for name, curve in curves.items()}
+    test = lambda name, which: curves[name][pick[name][which]]["test"]
+    print(f"chosen on val: λ {pick['task_arithmetic'][0]}, β {pick['lines'][0]}: margin "
+          f"{test('lines', 0) - test('task_arithmetic', 0):+.2f}")
+    print(f"best on test:  λ {pick['task_arithmetic'][1]}, β {pick['lines'][1]}: margin "
+          f"{test('lines', 1) - test('task_arithmetic', 1):+.2f} (the choice on val costs task arithmetic "
+          f"{test('task_arithmetic', 1) - test('task_arithmetic', 0):.2f} and LiNeS {test('lines', 1) - test('lines', 0):.2f})")
+    return 0
+
+
 def main(argv) -> int:
-    if not argv or argv[0] not in ("grain", "domain", "holdout", "ft-only", "patch-rows"):
+    if not argv or argv[0] not in ("grain", "domain", "holdout", "ft-only", "patch-rows", "lines-curves"):
         print(__doc__)
         return 2
     what, rest = argv[0], argv[1:]
@@ -311,6 +354,8 @@ def main(argv) -> int:
         return ft_only(rest[0], rest[1], rest[2:])
     if what == "patch-rows":
         return patch_rows(rest[0], int(rest[1]) if len(rest) > 1 else 0)
+    if what == "lines-curves":
+        return lines_curves(rest[0], int(rest[1]) if len(rest) > 1 else 0)
     params, args = (rest[:rest.index("--")], rest[rest.index("--") + 1:]) if "--" in rest else ([], rest)
     if what == "grain":
         return grain(float(params[0]), float(params[1]), args)
