@@ -311,8 +311,6 @@ def lines_curves(cache: str, seed: int) -> int:
     choice of λ and β on validation costs or adds against the grid values best on test."""
     import torch
 
-    from fusion_bench_larv.gates import lines_alpha
-    from fusion_bench_larv.state_dicts import task_sum_l1
     from fusion_bench_larv.synth import layerwise as LW
     from fusion_bench_larv.synth.build import ensure
     from fusion_bench_larv.synth.tasks import SUITES
@@ -320,15 +318,10 @@ def lines_curves(cache: str, seed: int) -> int:
     torch.set_num_threads(1)
     tasks = list(SUITES[8])
     suite = LW._load(ensure(tasks, cache_dir=cache, seed=seed, build_if_missing=False), tasks)
-    theta0 = suite.theta0
-    task_sum = {k: theta0[k] + sum(suite.finetuned[t][k] - theta0[k] for t in tasks) for k in theta0}
-    alpha = lines_alpha(task_sum_l1(suite.finetuned.values(), theta0), task_sum_l1([task_sum], theta0), len(tasks))
+    task_sum, alpha, arms = LW._fact3_arms(suite)  # the layerwise command's own fact-3 grids
     evaluate = LW._Evaluator(suite, 2 * 2 * len(LW.GRID) * len(tasks), progress=True)
-    curves = {}
-    for name, scales in (("task_arithmetic", lambda v: {k: v for k in theta0}),
-                         ("lines", lambda v: LW._ramp(suite.layout, alpha, v))):
-        curves[name] = {v: {split: LW._mean(evaluate(LW._rescaled(theta0, task_sum, scales(v)), tasks, split).values())
-                            for split in ("val", "test")} for v in LW.GRID}
+    curves = {name: {v: {split: LW._mean(evaluate(LW._rescaled(suite.theta0, task_sum, scales), tasks, split).values())
+                         for split in ("val", "test")} for v, scales in grid.items()} for name, grid in arms.items()}
     evaluate.bar.close()
     print(f"{'grid':>5} | task arithmetic val / test | LiNeS (α {alpha:.3f}) val / test")
     for v in LW.GRID:

@@ -61,8 +61,8 @@ from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
 from ..state_dicts import float_state_dict, rescale_update_, snapshot, task_sum_l1
 from .build import ensure
 from .datasets import load_split
-from .layerwise_facts import (CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, _mean, judge,
-                              paired_margin_se)
+from .layerwise_facts import (CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, _mean, _pick,
+                              judge, paired_margin_se)
 from .layerwise_ranks import rank_profile
 from .tasks import SUITE_ORDER, SUITES
 
@@ -250,22 +250,20 @@ def _single_task(suite: _Suite, evaluate: _Evaluator) -> dict:
     }
 
 
-def _pick(curve: Mapping[float, float]) -> float:
-    """The grid value with the best mean validation accuracy; ties (equal to 1e-9, so that the
-    summation order of equal accuracies cannot break them) go to the smaller value."""
-    best = max(round(acc, 9) for acc in curve.values())
-    return min(v for v, acc in curve.items() if round(acc, 9) == best)
+def _fact3_arms(suite: _Suite):
+    """Fact 3's two arms: the task sum θ0 + Σ τ_t, LiNeS's α, and ``{arm: {grid value: {key: λ}}}``
+    (task arithmetic: λ everywhere; LiNeS: the ramp α + β ℓ/(L−1))."""
+    theta0 = suite.theta0
+    task_sum = {k: theta0[k] + sum(suite.finetuned[t][k] - theta0[k] for t in suite.tasks) for k in theta0}
+    alpha = lines_alpha(task_sum_l1(suite.finetuned.values(), theta0), task_sum_l1([task_sum], theta0), len(suite.tasks))
+    return task_sum, alpha, {"task_arithmetic": {v: {k: v for k in theta0} for v in GRID},
+                             "lines": {v: _ramp(suite.layout, alpha, v) for v in GRID}}
 
 
 def _lines_vs_ta(suite: _Suite, evaluate: _Evaluator) -> dict:
     """Fact 3: task arithmetic (λ on val) against LiNeS (β on val), both reported on test."""
     tasks, theta0 = suite.tasks, suite.theta0
-    task_sum = {k: theta0[k] + sum(suite.finetuned[t][k] - theta0[k] for t in tasks) for k in theta0}
-    alpha = lines_alpha(task_sum_l1(suite.finetuned.values(), theta0), task_sum_l1([task_sum], theta0), len(tasks))
-    candidates = {
-        "task_arithmetic": {v: {k: v for k in theta0} for v in GRID},
-        "lines": {v: _ramp(suite.layout, alpha, v) for v in GRID},
-    }
+    task_sum, alpha, candidates = _fact3_arms(suite)
     out, hits = {"alpha": alpha}, {}
     for name, grid in candidates.items():
         val = {v: evaluate(_rescaled(theta0, task_sum, scales), tasks, "val") for v, scales in grid.items()}

@@ -1,7 +1,7 @@
 """The facts of ``synth layerwise`` against issue #23's thresholds, and the report files.
 
-:mod:`fusion_bench_larv.synth.layerwise` measures; this module holds the grids and thresholds,
-judges the measured values (:func:`judge`) and writes ``layerwise_<N>tasks_seed<S>.{json,md}``
+:mod:`fusion_bench_larv.synth.layerwise` measures; this module holds the grids (and the choice
+on one, :func:`_pick`) and the thresholds, judges the measured values (:func:`judge`) and writes ``layerwise_<N>tasks_seed<S>.{json,md}``
 atomically (:func:`write_report`).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -42,6 +42,13 @@ THRESHOLDS = {
 def _mean(values) -> float:
     values = list(values)
     return math.fsum(values) / len(values)
+
+
+def _pick(curve: Mapping[float, float]) -> float:
+    """The grid value with the best mean validation accuracy; ties (equal to 1e-9, so that the
+    summation order of equal accuracies cannot break them) go to the smaller value."""
+    best = max(round(acc, 9) for acc in curve.values())
+    return min(v for v, acc in curve.items() if round(acc, 9) == best)
 
 
 def paired_margin_se(hits_a, hits_b) -> float:
