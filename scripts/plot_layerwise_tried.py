@@ -30,10 +30,13 @@ SEED = re.compile(r"\bseed (\d+)")
 LABEL = re.compile(r"[A-Z]{1,2}\b|shipped|baseline \(shipped\)")  # a build's id, where it has one
 
 sys.path.insert(0, str(ROOT))
-from fusion_bench_larv.synth.layerwise_facts import THRESHOLDS  # noqa: E402  (issue #23's, as the report judges them)
+from fusion_bench_larv.synth.layerwise_facts import THRESHOLDS, judge  # noqa: E402  (issue #23's, as the report judges them)
 
-RETENTION_MIN, FORGET_MIN, RECOVER_MIN = (THRESHOLDS[k] for k in ("retention_min", "forgetting_min_points", "recovered_min"))
-(MARGIN_LO, MARGIN_HI), RHO_E_MIN, RHO_C_MAX = THRESHOLDS["lines_margin_8"], THRESHOLDS["e_rho_min"], THRESHOLDS["c_rho_max"]
+RETENTION_MIN, FORGET_MIN = THRESHOLDS["retention_min"], THRESHOLDS["forgetting_min_points"]
+(MARGIN_LO, MARGIN_HI), RHO_E_MIN = THRESHOLDS["lines_margin_8"], THRESHOLDS["e_rho_min"]
+#: issue #23's facts 1-4 -> the rows of the report's judgement that make each (fact 4: TA and TIES)
+FACT_KEYS = {1: ("1",), 2: ("2a", "2b"), 3: ("3",),
+             4: ("4-task_arithmetic-e", "4-task_arithmetic-c", "4-ties_merging-e", "4-ties_merging-c")}
 ZOOM_RETENTION = 0.94  # the middle panel: the builds near fact 1's threshold
 
 
@@ -101,17 +104,14 @@ def parse(markdown: str) -> List[Dict]:
 
 
 def facts_met(row: Dict) -> List[int]:
-    """Which of issue #23's facts 1-4 one 8-task build meets (fact 4 for TA and TIES together)."""
-    met = []
-    if row["retention"] >= RETENTION_MIN:
-        met.append(1)
-    if row["forgetting"] >= FORGET_MIN and row["recovered"] >= RECOVER_MIN:
-        met.append(2)
-    if MARGIN_LO <= row["margin"] <= MARGIN_HI:
-        met.append(3)
-    if min(row["ta_rho_e"], row["ties_rho_e"]) >= RHO_E_MIN and max(row["ta_rho_c"], row["ties_rho_c"]) <= RHO_C_MAX:
-        met.append(4)
-    return met
+    """Which of issue #23's facts 1-4 one 8-task build meets, as the layer-wise report judges them
+    (``layerwise_facts.judge``; fact 4 for task arithmetic and TIES, e and c together)."""
+    single = {"target": {"retention": row["retention"]}, "depth_gain": 0.0,
+              "others": {"loss": row["forgetting"], "recovered": row["recovered"]}}
+    trends = {merger: {"e_rho": row[f"{short}_rho_e"], "c_rho": row[f"{short}_rho_c"]}
+              for merger, short in (("task_arithmetic", "ta"), ("ties_merging", "ties"))}
+    passed = {f["fact"]: f["passed"] for f in judge(8, single, {"margin": row["margin"], "margin_se": 0.0}, trends)}
+    return [n for n, keys in FACT_KEYS.items() if all(passed[k] for k in keys)]
 
 
 def draw(rows: List[Dict], out: Path) -> None:
