@@ -5,9 +5,10 @@
 
 Reads every table of the section "Layer-wise behaviour" whose columns include fact 1's retention
 and fact 3's margin (one row per 8-task build), so the figure and the tables cannot disagree: add
-a row to a table and draw again. Writes OUT.png and OUT.pdf, two panels:
+a row to a table and draw again. Writes OUT.png and OUT.pdf, three panels:
 
-* fact 1's retention against fact 3's margin (the issue's box: retention >= 0.97, margin +2 to +6);
+* fact 1's retention against fact 3's margin (the issue's box: retention >= 0.97, margin +2 to +6),
+  then the same for the builds with retention >= 0.94 only (a zoom on fact 1's threshold);
 * fact 2's forgetting against task arithmetic's rho(e) (the issue's box: >= 6 points, >= 0.5).
 
 Colour is the seed, a filled marker a build whose 8-task fidelity checks hold. It prints each
