@@ -11,7 +11,8 @@ a row to a table and draw again. Writes OUT.png and OUT.pdf, three panels:
   then the same for the builds with retention >= 0.94 only (a zoom on fact 1's threshold);
 * fact 2's forgetting against task arithmetic's rho(e) (the issue's box: >= 6 points, >= 0.5).
 
-Colour is the seed, a filled marker a build whose 8-task fidelity checks hold. It prints each
+Colour is the seed, a filled marker a build whose 8-task fidelity checks hold, a square a build
+whose tower is wider than the shipped 64 ("hidden N" in its row). It prints each
 build's values and which facts it meets (fact 2's "given back" and fact 4's rho(c) and TIES are
 printed, not drawn).
 """
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = ("## Layer-wise behaviour", "\n## ")
 NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 SEED = re.compile(r"\bseed (\d+)")
+HIDDEN = re.compile(r"\bhidden (\d+)")  # a tower width other than the shipped one
+SHIPPED_HIDDEN = 64
 LABEL = re.compile(r"[A-Z]{1,2}\b|shipped|baseline \(shipped\)")  # a build's id, where it has one
 
 sys.path.insert(0, str(ROOT))
@@ -64,9 +67,10 @@ def _row(cells: List[str], col: Dict[str, Optional[int]]) -> Dict:
     ta = _numbers(ta.split(";", 1)[0])
     build = cells[col["build"]].replace("*", "")
     change = cells[col["change"]] if col["change"] is not None else ""
-    seed = SEED.search(f"{build} {change}")
+    seed, hidden = SEED.search(f"{build} {change}"), HIDDEN.search(f"{build} {change}")
     forget, ties = _numbers(cells[col["forget"]]), _numbers(ties)
     return {"build": build, "change": change, "seed": int(seed.group(1)) if seed else 0,
+            "hidden": int(hidden.group(1)) if hidden else SHIPPED_HIDDEN,
             "retention": _numbers(cells[col["retention"]])[0], "forgetting": forget[0], "recovered": forget[1],
             "margin": _numbers(cells[col["margin"]])[0], "ta_rho_e": ta[0], "ta_rho_c": ta[1],
             "ties_rho_e": ties[0], "ties_rho_c": ties[1], "fidelity": cells[col["fidelity"]].startswith("holds")}
@@ -76,6 +80,7 @@ def parse(markdown: str) -> List[Dict]:
     """One dict per row of the layer-wise section's build tables (see the module docstring).
 
     Keys: ``build``, ``change``, ``seed`` (``seed N`` in the row's build or change cell, else 0),
+    ``hidden`` (the tower's width: ``hidden N`` in those cells, else the shipped 64),
     ``retention``, ``forgetting``, ``recovered``, ``margin``, ``ta_rho_e``, ``ta_rho_c``,
     ``ties_rho_e``, ``ties_rho_c`` and ``fidelity`` (True where the cell starts with "holds").
     """
@@ -133,6 +138,7 @@ def draw(rows: List[Dict], out: Path) -> None:
         for row in shown:
             colour = colours.get(row["seed"], "tab:gray")
             ax.scatter(row[x], row[y], s=36, edgecolors=colour, linewidths=1.4,
+                       marker="o" if row["hidden"] == SHIPPED_HIDDEN else "s",
                        facecolors=colour if row["fidelity"] else "none", zorder=3)
             label = LABEL.match(row["build"])
             if label:
@@ -160,6 +166,8 @@ def draw(rows: List[Dict], out: Path) -> None:
                if any(r["seed"] == s for r in rows)]
     handles += [plt.Line2D([], [], ls="", marker="o", color="k", label="8-task fidelity holds"),
                 plt.Line2D([], [], ls="", marker="o", color="k", markerfacecolor="none", label="fidelity fails")]
+    handles += [plt.Line2D([], [], ls="", marker="s", color="k", markerfacecolor="none", label=f"hidden {h}")
+                for h in sorted({r["hidden"] for r in rows} - {SHIPPED_HIDDEN})]
     axes[0].legend(handles=handles, fontsize=8, loc="lower left")
     fig.suptitle(f"Issue #23: {len(rows)} 8-task builds of docs/benchmark.md ("
                  "green boxes: where both facts of a panel hold)")

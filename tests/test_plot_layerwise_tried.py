@@ -37,7 +37,7 @@ DOC = """# a document
 | build | what changed (from AG) | zero-shot / individual | fact 1 retention (depth gain) | outside whole | fact 2 loss / given back | fact 3 margin (λ, β) | fact 4 TA ρ(e) / ρ(c); TIES | 8-task fidelity | build time |
 |---|---|---|---|---|---|---|---|---|---|
 | AX | broad, ft-only | 65.2 / 95.7 | **0.971** (+2.25) | 0.988 | 7.51 / 0.83 | +2.91 (0.3, 0.6) | +0.33 / −0.97; +0.58 / −0.95 | fails: SVD+3 (+1.6) | 4 min |
-| AZ | AX on seed 1 | 66.0 / 97.2 | 0.970 (+1.60) | 0.982 | 8.22 / 0.83 | +1.56 (0.3, 0.4) | +0.52 / −0.92; +0.59 / −0.51 | holds | 3 min |
+| AZ | AX on seed 1, hidden 96 | 66.0 / 97.2 | 0.970 (+1.60) | 0.982 | 8.22 / 0.83 | +1.56 (0.3, 0.4) | +0.52 / −0.92; +0.59 / −0.51 | holds | 3 min |
 
 ## Another section
 
@@ -56,6 +56,7 @@ def test_reads_both_layouts_and_only_the_section():
     assert (ax["retention"], ax["forgetting"], ax["margin"], ax["fidelity"]) == (0.971, 7.51, 2.91, False)
     assert (ax["ta_rho_e"], ax["ta_rho_c"], ax["ties_rho_e"], ax["ties_rho_c"]) == (0.33, -0.97, 0.58, -0.95)
     assert az["seed"] == 1 and az["margin"] == 1.56
+    assert [r["hidden"] for r in rows] == [64, 64, 96]  # "hidden N" in a row, else the shipped width
 
 
 def test_facts_met_agree_with_the_report():
