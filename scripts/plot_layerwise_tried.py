@@ -67,7 +67,8 @@ def _row(cells: List[str], col: Dict[str, Optional[int]]) -> Dict:
     ta = _numbers(ta.split(";", 1)[0])
     build = cells[col["build"]].replace("*", "")
     change = cells[col["change"]] if col["change"] is not None else ""
-    seed, hidden = SEED.search(f"{build} {change}"), HIDDEN.search(f"{build} {change}")
+    named = f"{build} {change}"  # where a row names its seed and width
+    seed, hidden = SEED.search(named), HIDDEN.search(named)
     forget, ties = _numbers(cells[col["forget"]]), _numbers(ties)
     return {"build": build, "change": change, "seed": int(seed.group(1)) if seed else 0,
             "hidden": int(hidden.group(1)) if hidden else SHIPPED_HIDDEN,
