@@ -13,7 +13,9 @@ variant in a cache folder of its own. Measure a build with
     python scripts/layerwise_research.py domain 25 [0.25] -- --tasks 8 --from-scratch --cache-dir DIR ...
         each task gets a fixed low-level domain of its own (a colour mixing I + N(0, 0.25) and a
         faint grating of amplitude 25, both drawn from the task's name); the optional second
-        number is the colour mixing's spread (0: gratings alone, the same ones); shift=PX
+        number is the colour mixing's spread (0: gratings alone, the same ones); these are
+        now the recipe's fields (`build --task-grating 25 --task-colour-mix
+        0.25`, the same images), so the folders record them, where older ones did not; shift=PX
         among the numbers also moves each pretraining image by a random whole-pixel offset of at
         most PX in x and y (edge pixels repeated), drawn per image and step; ftshift=PX does the
         same to the fine-tuning images; broad=1 adds six pretraining-only tasks (relations of
@@ -47,7 +49,6 @@ import json
 import shutil
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -76,24 +77,9 @@ def grain(field_std: float, grain_std: float, args) -> int:
 
 
 def domain(amplitude: float, mix_std: float, args) -> int:
-    from fusion_bench_larv.synth import build as B
-    from fusion_bench_larv.synth import datasets as D
-    from fusion_bench_larv.synth import tasks as T
-
-    generate = T.generate
-
-    def with_domain(task, split, n, seed, *rest, **kw):
-        out = generate(task, split, n, seed, *rest, **kw)
-        r = np.random.default_rng(zlib.crc32(task.encode()))
-        mix = np.eye(3) + mix_std * r.standard_normal((3, 3))  # 0.25: the same draws as N(0, 0.25)
-        theta, freq, phase = r.uniform(0, np.pi), r.uniform(0.15, 0.8), r.uniform(0, 2 * np.pi)
-        y, x = np.mgrid[0:T.IMAGE_SIZE, 0:T.IMAGE_SIZE]
-        grating = np.sin(freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)[..., None] * r.uniform(0.5, 1.0, 3)
-        images = np.clip(out[0].astype(np.float64) @ mix.T + amplitude * grating, 0, 255).round().astype(np.uint8)
-        return (images, *out[1:])
-
-    B.generate = D.generate = with_domain  # both import it by name
-    return _build(args)
+    """The per-task domains are the recipe's now (``Recipe.task_grating``, ``task_colour_mix``,
+    synth/domains.py, the same images); this adds their flags to the build's."""
+    return _build([*args, "--task-grating", str(amplitude), "--task-colour-mix", str(mix_std)])
 
 
 #: the fine-tuning loop's forward call, where ``ftshift`` moves the images
@@ -214,7 +200,7 @@ def _broaden() -> None:
         finally:
             B.suite_tasks = suite_tasks
 
-    T.generate = B.generate = generate_any  # `domain` wraps T.generate when it runs after this
+    T.generate = B.generate = generate_any  # the build puts each task's domain on what this returns
     B.prompts = lambda task: (list(extras[task].classnames), list(extras[task].templates)) if task in extras else prompts(task)
     B._pretrained = pretrained_broad
     print("pretraining also on:", ", ".join(extras))

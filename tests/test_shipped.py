@@ -76,6 +76,50 @@ def test_build_copies_the_shipped_weights_only_where_they_are_this_builds(tmp_pa
         assert trained == [f"fine-tune {tasks[0]}"] and "shipped" not in other.read_manifest()
 
 
+def test_half_delta_towers_ship_at_half_size_and_install_within_rounding(tmp_path, monkeypatch):
+    """``ship --half-deltas``: a tower is stored as its float16 task vector and installed as
+    pretrained + delta in float32, each weight within float16 rounding of the task-vector entry."""
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=3, finetune_steps=4)
+    tasks = list(TASK_NAMES[:2])
+    made = build(tasks, cache_dir=tmp_path / "made", recipe=recipe, shipped=False)
+    full, half = tmp_path / "full", tmp_path / "half"
+    ship(made, tasks=tasks, root=full)
+    ship(made, tasks=tasks, root=half, half_deltas=True)
+    index = ShippedAssets.find(half).index["files"]
+    for task in tasks:
+        name = f"finetuned/{task}/model.delta-f16.safetensors"
+        assert index[name]["delta_of"] == "pretrained/model.safetensors"
+        assert f"finetuned/{task}/model.safetensors" not in index
+        assert index[name]["bytes"] < 0.55 * ShippedAssets.find(full).index["files"][f"finetuned/{task}/model.safetensors"]["bytes"]
+    assert "delta_of" not in index["pretrained/model.safetensors"]
+
+    monkeypatch.setattr(model_mod, "finetune", _forbidden)
+    got = build(tasks, cache_dir=tmp_path / "copy", recipe=recipe, shipped=half)
+    assert got.read_manifest()["shipped"] == sorted(["pretrained", *(f"finetuned/{t}" for t in tasks)])
+    assert (got.pretrained / "model.safetensors").read_bytes() == (made.pretrained / "model.safetensors").read_bytes()
+    base = load_file(str(made.pretrained / "model.safetensors"))
+    for task in tasks:
+        built = load_file(str(made.finetuned(task) / "model.safetensors"))
+        installed = load_file(str(got.finetuned(task) / "model.safetensors"))
+        assert set(installed) == set(built)
+        moved = 0
+        for key, w in built.items():
+            tau = w - base[key]
+            assert installed[key].dtype == torch.float32
+            err = (installed[key] - w).abs()
+            # float16 rounding of tau (relative 2^-11), then the float32 sum's own rounding
+            assert bool((err <= tau.abs() * 2.0**-11 + w.abs() * 2.0**-23 + 1e-7).all()), key
+            moved += int((tau != 0).sum())
+        assert moved > 0  # the towers differ from the pretrained model
+    # the pools load the installed towers as any other
+    from transformers import CLIPVisionModel
+
+    CLIPVisionModel.from_pretrained(str(got.finetuned(tasks[0])))
+
+
 def test_a_cache_with_its_own_pretrained_model_gets_no_shipped_tower(tmp_path, monkeypatch):
     recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=3, finetune_steps=2)
     tasks = list(TASK_NAMES[:1])

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -257,6 +258,105 @@ def test_rebuild_reproduces_the_same_weights(tmp_path):
     b = build(tasks, cache_dir=tmp_path / "b", recipe=recipe)
     for path in ("pretrained/model.safetensors", f"finetuned/{tasks[0]}/model.safetensors"):
         assert (a.root / path).read_bytes() == (b.root / path).read_bytes(), path
+
+
+def test_parallel_towers_write_the_same_weights(tmp_path):
+    """``jobs=2`` fine-tunes the towers in two worker processes: the same bytes as one by one,
+    every tower recorded with its time; a bad ``jobs`` is refused before anything is written."""
+    recipe = tiny_recipe(layers=2, suite=3, pretrain_steps=3, finetune_steps=3)
+    tasks = list(suite_tasks(3))
+    a = build(tasks, cache_dir=tmp_path / "a", recipe=recipe)
+    b = build(tasks, cache_dir=tmp_path / "b", recipe=recipe, jobs=2)
+    for task in tasks:
+        path = f"finetuned/{task}/model.safetensors"
+        assert (a.root / path).read_bytes() == (b.root / path).read_bytes(), path
+    manifest = b.read_manifest()
+    assert set(manifest["digests"]) >= {f"finetuned/{t}" for t in tasks}
+    assert all(manifest["timings_s"][f"finetuned/{t}"] > 0 for t in tasks)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="`jobs` must be a whole number"):
+            build(tasks, cache_dir=tmp_path / "c", recipe=recipe, jobs=bad)
+    assert not (tmp_path / "c").exists()
+
+
+def test_parallel_towers_are_recorded_as_they_arrive(tmp_path):
+    """Each tower is recorded when its worker finishes, not when the last one does (a killed
+    build then keeps the records, and the progress bar moves)."""
+    import time
+
+    from fusion_bench_larv.synth.build import _torch_seed
+    from fusion_bench_larv.synth.towers import finetune_towers
+
+    recipe = tiny_recipe(layers=2, suite=4, pretrain_steps=2, finetune_steps=40)
+    tasks = list(suite_tasks(4))
+    assets = build(tasks, cache_dir=tmp_path, recipe=recipe)
+    for task in tasks:
+        shutil.rmtree(assets.finetuned(task))
+    recorded = []
+    finetune_towers(assets, recipe, tasks, lambda t: _torch_seed(recipe, f"finetune/{t}"),
+                    lambda t, s: recorded.append(time.time_ns()), jobs=2)
+    written = sorted((assets.finetuned(t) / "model.safetensors").stat().st_mtime_ns for t in tasks)
+    assert len(recorded) == 4 and min(recorded) < written[-1], (recorded, written)
+
+
+def test_a_failed_parallel_tower_names_its_task_and_keeps_the_others(tmp_path):
+    from fusion_bench_larv.synth.towers import finetune_towers
+
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=2)
+    tasks = list(suite_tasks(2))
+    assets = build(tasks[:1], cache_dir=tmp_path, recipe=recipe)  # the second task has no data
+    shutil.rmtree(assets.finetuned(tasks[0]))
+    recorded = []
+    with pytest.raises(RuntimeError, match=f"tower of task '{tasks[1]}' failed in a worker process"):
+        finetune_towers(assets, recipe, tasks, lambda t: 0, lambda t, s: recorded.append(t), jobs=2)
+    assert recorded == [tasks[0]] and assets.finetuned(tasks[0]).is_dir()
+    assert not assets.finetuned(tasks[1]).exists()
+
+
+def test_task_grating_and_colour_mix_change_every_split_and_are_recorded_only_when_set(tmp_path):
+    """``Recipe.task_grating`` / ``task_colour_mix``: each task's own fixed transform on every
+    image it draws; at their default the recipe records neither (the shipped index still matches)."""
+    from fusion_bench_larv.synth.datasets import load_split
+    from fusion_bench_larv.synth.domains import apply_domain
+
+    assert "task_grating" not in Recipe().to_dict() and "task_colour_mix" not in Recipe().to_dict()
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1, task_grating=40.0, task_colour_mix=0.25)
+    assert recipe.to_dict()["task_grating"] == 40.0 and Recipe(**recipe.to_dict()) == recipe
+    for key in ("task_grating", "task_colour_mix"):
+        with pytest.raises(ValueError, match=f"`{key}` must be >= 0"):
+            Recipe(**{key: -1.0})
+    tasks = list(suite_tasks(2))
+    assets = build(tasks, cache_dir=tmp_path, recipe=recipe)
+    assert assets.read_manifest()["recipe"]["task_colour_mix"] == 0.25
+    for task in tasks:
+        plain, labels = generate(task, "test", recipe.n_test, recipe.seed)
+        stored, stored_labels = load_split(assets, task, "test")
+        # the transform by hand: the task's colour mixing and grating, drawn from its name
+        rng = np.random.default_rng(zlib.crc32(task.encode()))
+        mix = np.eye(3) + 0.25 * rng.standard_normal((3, 3))
+        theta, freq, phase = rng.uniform(0, np.pi), rng.uniform(0.15, 0.8), rng.uniform(0, 2 * np.pi)
+        y, x = np.mgrid[0:32, 0:32]
+        wave = np.sin(freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)[..., None] * rng.uniform(0.5, 1.0, 3)
+        expected = np.clip(plain.astype(np.float64) @ mix.T + 40.0 * wave, 0, 255).round().astype(np.uint8)
+        assert np.array_equal(stored, expected) and np.array_equal(stored_labels, labels)
+        assert not np.array_equal(stored, plain)
+        assert apply_domain(plain, task, 0.0, 0.0) is plain
+    a, b = (apply_domain(np.full((1, 32, 32, 3), 128, np.uint8), t, 40.0, 0.25) for t in tasks)
+    assert not np.array_equal(a, b)  # each task its own
+    # a folder built with them refuses a build without them, naming the field
+    with pytest.raises(ValueError, match="another recipe.*task_grating"):
+        build(tasks, cache_dir=tmp_path, recipe=tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1, task_colour_mix=0.25))
+
+
+def test_build_cli_refuses_bad_values_before_writing(tmp_path, capsys):
+    from fusion_bench_larv.synth.__main__ import main
+
+    assert main(["build", "--cache-dir", str(tmp_path / "c"), "--task-grating", "-3"]) == 2
+    assert "build: error: `task_grating` must be >= 0, got -3.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["build", "--cache-dir", str(tmp_path / "c"), "--jobs", "0"])
+    assert "argument --jobs: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_label_weight_needs_labels_and_is_validated(tiny_synth):

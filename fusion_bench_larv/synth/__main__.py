@@ -37,6 +37,13 @@ def _without_cache_dir(words) -> list:
     return out
 
 
+def _whole(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fusion_bench_larv.synth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--tasks", default="8", help="8, 14, 20, or a comma-separated list of task names")
     b.add_argument("--cache-dir", default=None, help=f"cache root (default: {default_cache_dir()})")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads while building (default 1: fastest on a shared machine, reproducible weights)")
+    b.add_argument("--jobs", type=_whole, default=1, help="towers fine-tuned at once, each in its own process; they share --threads, at least one each (default 1; the weights do not depend on it)")
     b.add_argument("--from-scratch", action="store_true", help="train every model, even where the package ships the weights of this seed and recipe (synth/shipped.py)")
     recipe = b.add_argument_group("recipe (synth/build.py, Recipe; a build records it in its manifest)")
     for f in dataclasses.fields(Recipe):
@@ -56,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("ship", help="copy a complete 8-task build's weights into the package as its shipped weights (synth/shipped.py)")
     sh.add_argument("--cache-dir", required=True, help="cache root of a build made with --from-scratch")
     sh.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    sh.add_argument("--half-deltas", action="store_true", help="store each tower as its task vector in float16 (about half the bytes; synth/shipped.py)")
     sh.add_argument("--out", default=None, help="shipped root (default: the package's own, fusion_bench_larv/synth/shipped)")
     sub.add_parser("list", help="list the task names in suite order")
     st = sub.add_parser("stats", help="task-vector norms, cosines and depth profile of a build (docs/benchmark.md)")
@@ -83,7 +92,7 @@ def main(argv=None) -> int:
         from .ship import ship
         from .shipped import shipped_dir
 
-        status = ship(Assets(args.cache_dir, args.seed), root=args.out)
+        status = ship(Assets(args.cache_dir, args.seed), root=args.out, half_deltas=args.half_deltas)
         for name, what in status.items():
             print(f"  {name:48s} {what}")
         counts = {what: sum(v == what for v in status.values()) for what in ("same", "changed", "new")}
@@ -101,9 +110,13 @@ def main(argv=None) -> int:
         return 0
     model = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelSize) if getattr(args, f.name) is not None}
     recipe_kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if f.name != "model" and getattr(args, f.name) is not None}
-    recipe = Recipe(**recipe_kw, model=ModelSize(**model))
+    try:  # a bad value is refused before anything is written
+        recipe = Recipe(**recipe_kw, model=ModelSize(**model))
+    except ValueError as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
-    assets = build(tasks, cache_dir=args.cache_dir, recipe=recipe, threads=args.threads, shipped=not args.from_scratch)
+    assets = build(tasks, cache_dir=args.cache_dir, recipe=recipe, threads=args.threads, shipped=not args.from_scratch, jobs=args.jobs)
     manifest = assets.read_manifest()
     print(f"assets: {assets.root}")
     for name, seconds in manifest["timings_s"].items():

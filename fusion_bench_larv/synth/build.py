@@ -45,8 +45,9 @@ from ..atomic import atomic_dir, atomic_write_json
 from .cache import (  # noqa: F401 (Assets, default_cache_dir, describe_artefacts: imported from here too)
     MANIFEST_VERSION, Assets, default_cache_dir, describe_artefacts, record_if_writable, repair, writable_lock,
 )
-from .datasets import generate_datasets, load_split, write_prompts
+from .datasets import generate_datasets, write_prompts
 from .digests import record_artefact, verify
+from .domains import apply_domain
 from .model import ModelSize
 from .shipped import ShippedAssets
 from .tasks import SUITES, TASK_NAMES, check_text_layout, generate, prompts, suite_tasks
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 # stay those of the builds made before validation splits existed.
 VAL_FRACTION = 0.1
 BUILD_COMMAND = "python -m fusion_bench_larv.synth build --tasks {n}"
+# Recipe fields added after the shipped weights were made: left out of the recorded recipe while
+# at their default, so that older manifests and the shipped index still match.
+UNRECORDED_AT_DEFAULT = ("task_grating", "task_colour_mix")
 
 
 @dataclass
@@ -81,6 +85,9 @@ class Recipe:
             model, so that task vectors stay small); the loss uses the fixed
             temperature ``finetune_logit_scale`` (100, OpenAI CLIP's trained value) because
             the tiny CLIP's own (≈15) makes near-parallel class embeddings untrainable.
+        task_grating / task_colour_mix: each task's own low-level domain, a faint grating of
+            this amplitude and a colour mixing of this spread (:mod:`.domains`); 0 and 0, the
+            default, is none. Recorded only when set (``to_dict``).
         model: architecture (``ModelSize``).
     """
 
@@ -99,6 +106,8 @@ class Recipe:
     finetune_lr: float = 2e-5
     finetune_logit_scale: float = 100.0
     weight_decay: float = 0.1
+    task_grating: float = 0.0
+    task_colour_mix: float = 0.0
     model: ModelSize = field(default_factory=ModelSize)
 
     def __post_init__(self):
@@ -113,6 +122,9 @@ class Recipe:
             raise ValueError(f"`pretrain_label_weight` must be >= 0, got {self.pretrain_label_weight}")
         if self.pretrain_tasks_per_batch < 0:
             raise ValueError(f"`pretrain_tasks_per_batch` must be >= 0, got {self.pretrain_tasks_per_batch}")
+        for key in ("task_grating", "task_colour_mix"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"`{key}` must be >= 0, got {getattr(self, key)}")
         for key in ("pretrain_lr", "finetune_lr", "finetune_logit_scale"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"`{key}` must be > 0, got {getattr(self, key)}")
@@ -125,7 +137,13 @@ class Recipe:
         return max(1, int(self.n_train * VAL_FRACTION))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recipe as recorded: every field, except those added after the shipped weights
+        were made (``UNRECORDED_AT_DEFAULT``) while they keep their default."""
+        out = dataclasses.asdict(self)
+        for key in UNRECORDED_AT_DEFAULT:
+            if out[key] == Recipe.__dataclass_fields__[key].default:
+                del out[key]
+        return out
 
 
 def _torch_seed(recipe: Recipe, what: str) -> int:
@@ -151,6 +169,7 @@ def build(
     seed: int = 0,
     threads: Optional[int] = 1,
     shipped: Union[bool, str, Path] = True,
+    jobs: int = 1,
 ) -> Assets:
     """Build whatever is missing for ``tasks``; return the ``Assets``.
 
@@ -168,12 +187,18 @@ def build(
             training them, where their seed, recipe and generator version are this build's
             (and, for a tower, where the cache's pretrained model is the shipped one); ``False``
             trains everything; a path is another shipped root (tests).
+        jobs: towers fine-tuned at once, in worker processes that share ``threads``, at least
+            one thread each (:mod:`.towers`; the same weights as 1, which trains them here one
+            by one).
     """
+    from .towers import check_jobs
+
+    check_jobs(jobs)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _build(tasks, cache_dir, recipe, seed, shipped)
+        return _build(tasks, cache_dir, recipe, seed, shipped, jobs, threads)
     finally:
         torch.set_num_threads(previous)
 
@@ -198,7 +223,8 @@ def _checked_recipe(assets: Assets, recipe: Optional[Recipe], tasks: Sequence[st
     if recipe is None:
         recipe = recorded or Recipe(seed=assets.seed)
     elif recorded is not None and recorded.to_dict() != recipe.to_dict():
-        diff = {k: (v, recipe.to_dict()[k]) for k, v in recorded.to_dict().items() if recipe.to_dict()[k] != v}
+        old, new = dataclasses.asdict(recorded), dataclasses.asdict(recipe)
+        diff = {k: (v, new[k]) for k, v in old.items() if new[k] != v}
         raise ValueError(
             f"{assets.root} was built with another recipe (recorded, requested): {diff}; "
             f"use another --cache-dir or delete that folder"
@@ -216,7 +242,7 @@ def _draws(todo: Sequence[str], source: Optional[ShippedAssets]) -> bool:
     return any(a.startswith("data/") for a in todo) or ("pretrained" in todo and source is None)
 
 
-def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
+def _build(tasks, cache_dir, recipe, seed, shipped=True, jobs=1, threads=1) -> Assets:
     assets = Assets(cache_dir, recipe.seed if recipe else seed)
     resolved, checked = _checked_recipe(assets, recipe, tasks)
     if _draws(assets.missing(checked), _shipped_source(shipped, assets.seed, resolved)):
@@ -237,7 +263,7 @@ def _build(tasks, cache_dir, recipe, seed, shipped=True) -> Assets:
         write_prompts(assets, recipe, todo)
         generate_datasets(assets, recipe, tasks, todo)
         copied = _pretrained(assets, recipe, todo, source)
-        _finetuned(assets, recipe, tasks, todo, source, copied)
+        _finetuned(assets, recipe, tasks, todo, source, copied, jobs, threads)
     return assets
 
 
@@ -267,6 +293,7 @@ def _pretrained(assets: Assets, recipe: Recipe, todo: Sequence[str], source: Opt
     images, captions, groups, labels = [], [], [], []
     for i, task in enumerate(tqdm(suite, desc="pretraining data", leave=False)):
         x, y, c = generate(task, "pretrain", recipe.pretrain_per_task, recipe.seed, with_captions=True)
+        x = apply_domain(x, task, recipe.task_grating, recipe.task_colour_mix)
         images.append(x)
         captions += c
         groups += [i] * len(x)
@@ -303,11 +330,8 @@ def _pretrained(assets: Assets, recipe: Recipe, todo: Sequence[str], source: Opt
 
 
 def _finetuned(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo: Sequence[str],
-               source: Optional[ShippedAssets], copied: List[str]) -> None:
+               source: Optional[ShippedAssets], copied: List[str], jobs: int = 1, threads: Optional[int] = 1) -> None:
     """Copy the shipped towers where the cache holds the shipped pretrained model; fine-tune the rest."""
-    from transformers import CLIPModel, CLIPProcessor
-    from tqdm.auto import tqdm
-
     todo_ft = [t for t in tasks if f"finetuned/{t}" in todo]
     if source is not None and source.holds_pretrained_of(assets.pretrained):
         copied += [f"finetuned/{t}" for t in todo_ft if _copy_shipped(assets, source, f"finetuned/{t}")]
@@ -320,32 +344,18 @@ def _finetuned(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo: Seque
         )
     if not todo_ft:
         return
-    loop_start = time.perf_counter()
-    from . import model as M
+    from .towers import finetune_towers
 
-    clip = CLIPModel.from_pretrained(str(assets.pretrained)).eval()
-    processor = CLIPProcessor.from_pretrained(str(assets.pretrained), use_fast=False)
-    for task in tqdm(todo_ft, desc="fine-tune towers"):
-        start = time.perf_counter()
-        images, labels = load_split(assets, task, "train")
-        head = M.zeroshot_head(clip, processor, *prompts(task))
-        tower = M.finetune(
-            clip,
-            head,
-            images,
-            labels,
-            steps=recipe.finetune_steps,
-            batch_size=recipe.finetune_batch,
-            lr=recipe.finetune_lr,
-            weight_decay=recipe.weight_decay,
-            seed=_torch_seed(recipe, f"finetune/{task}"),
-            logit_scale=recipe.finetune_logit_scale,
-            desc=f"fine-tune {task}",
-        )
-        with atomic_dir(assets.finetuned(task)) as tmp:
-            tower.save_pretrained(tmp)
-        record_artefact(assets, f"finetuned/{task}", time.perf_counter() - start)
-    log.info("fine-tuned %d tower(s) in %.1f s", len(todo_ft), time.perf_counter() - loop_start)
+    def seed_of(task: str) -> int:
+        return _torch_seed(recipe, f"finetune/{task}")
+
+    def record(task: str, seconds: float) -> None:
+        record_artefact(assets, f"finetuned/{task}", seconds)
+
+    start = time.perf_counter()
+    finetune_towers(assets, recipe, todo_ft, seed_of, record, jobs=jobs, threads=threads)
+    log.info("fine-tuned %d tower(s) in %.1f s%s", len(todo_ft), time.perf_counter() - start,
+             f" ({min(jobs, len(todo_ft))} processes)" if jobs > 1 else "")
 
 
 def ensure(

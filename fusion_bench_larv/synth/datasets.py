@@ -15,6 +15,7 @@ import numpy as np
 from ..atomic import atomic_dir, atomic_write_json
 from .cache import Assets
 from .digests import record_artefact
+from .domains import apply_domain
 from .tasks import generate, prompts, suite_tasks
 
 if TYPE_CHECKING:  # annotations only: build imports this module
@@ -72,6 +73,7 @@ def generate_datasets(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo
         with atomic_dir(assets.data(task, only or None), replace=True) as tmp:
             for split in [only] if only else sizes:
                 images, labels = generate(task, split, sizes[split], recipe.seed)
+                images = apply_domain(images, task, recipe.task_grating, recipe.task_colour_mix)
                 save_dataset(images, labels, classnames, tmp if only else tmp / split)
         # a split added to an older folder: the folder's digest is recorded again, with it
         record_artefact(assets, f"data/{task}", time.perf_counter() - start)

@@ -307,11 +307,13 @@ def finetune(
     seed: int,
     logit_scale: Optional[float] = None,
     desc: str = "fine-tune",
+    quiet: bool = False,
 ) -> CLIPVisionModel:
     """Fine-tune a copy of ``model``'s vision tower against the frozen head; returns it.
 
     ``logit_scale``: the fixed temperature of the training loss (``None``: the model's own).
-    Only the loss sees it: predictions (argmax) do not depend on it.
+    Only the loss sees it: predictions (argmax) do not depend on it. ``quiet``: no progress bar
+    (a worker process among others).
     """
     tower = CLIPVisionModel(model.config.vision_config)
     tower.vision_model.load_state_dict(model.vision_model.state_dict())
@@ -319,7 +321,7 @@ def finetune(
     pixels, targets = to_pixels(images), torch.from_numpy(labels)
     opt, sched = _optimizer(tower.parameters(), lr, weight_decay, steps)
     tower.train()
-    bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True, disable=quiet)
     for _ in bar:
         idx = torch.randint(len(pixels), (batch_size,), generator=gen)
         loss = F.cross_entropy(vision_logits(model, tower, head, pixels[idx], logit_scale), targets[idx])

@@ -16,13 +16,14 @@ import torch
 from ..atomic import atomic_dir, atomic_write_json
 from .build import MANIFEST_VERSION, Assets
 from .digests import sha256_file, verify
-from .shipped import INDEX, REBUILD_COMMAND, SHIPPED_TASKS, ShippedAssets, shipped_dir
+from .shipped import HALF_DELTA, INDEX, REBUILD_COMMAND, SHIPPED_TASKS, WEIGHTS, ShippedAssets, shipped_dir, write_half_delta
 
 
-def ship(assets: Assets, tasks=SHIPPED_TASKS, root: Union[str, Path, None] = None) -> Dict[str, str]:
+def ship(assets: Assets, tasks=SHIPPED_TASKS, root: Union[str, Path, None] = None, half_deltas: bool = False) -> Dict[str, str]:
     """Write ``assets``' pretrained model and the towers of ``tasks`` as the shipped folder
     (replacing the one there) and return ``{file: "same" | "changed" | "new"}`` against the
-    digests recorded before."""
+    digests recorded before. ``half_deltas``: each tower's weights as its float16 task vector
+    (:mod:`.shipped`)."""
     manifest = assets.read_manifest()
     if manifest is None or manifest.get("version") != MANIFEST_VERSION:
         raise ValueError(f"{assets.root} is not a build of generator version {MANIFEST_VERSION}")
@@ -42,8 +43,13 @@ def ship(assets: Assets, tasks=SHIPPED_TASKS, root: Union[str, Path, None] = Non
             for path in sorted(p for p in src.iterdir() if p.is_file()):
                 name = f"{artefact}/{path.name}"
                 (tmp / artefact).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, tmp / name)
-                files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+                record = {}
+                if half_deltas and artefact != "pretrained" and path.name == WEIGHTS:
+                    name, record = f"{artefact}/{HALF_DELTA}", {"delta_of": f"pretrained/{WEIGHTS}"}
+                    write_half_delta(assets.pretrained / WEIGHTS, path, tmp / name)
+                else:
+                    shutil.copyfile(path, tmp / name)
+                files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size, **record}
                 old = before.get(name, {}).get("sha256")
                 status[name] = "new" if old is None else ("same" if old == files[name]["sha256"] else "changed")
         index = {

@@ -17,6 +17,14 @@ Rebuild them from the seed with (:func:`.ship.ship` writes into this folder of t
 A rebuild is bit-exact only on a machine like the one that made them (same CPU kind and
 library versions); elsewhere it gives close but different weights, and ``ship`` reports which
 files changed.
+
+``ship --half-deltas`` stores each tower as its task vector in float16
+(``finetuned/<task>/model.delta-f16.safetensors``: fine-tuned minus pretrained, per tensor),
+about half the bytes of a float32 tower, for towers too wide to fit the package's size budget
+in float32. Installing it adds the delta back to the shipped pretrained weights in float32 and
+writes the tower's ``model.safetensors``; each weight then differs from the built tower by the
+rounding of its task-vector entry to float16 (a relative 2^-11 of the entry, at most), far less
+than a task vector itself. The index records the format per file (``"delta_of"``).
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ REBUILD_COMMAND = (
     "python -m fusion_bench_larv.synth ship --cache-dir <dir>"
 )
 INDEX = "index.json"
+WEIGHTS = "model.safetensors"
+HALF_DELTA = "model.delta-f16.safetensors"
 
 
 def shipped_dir(root: Union[str, Path, None] = None, seed: int = SHIPPED_SEED) -> Path:
@@ -100,6 +110,35 @@ class ShippedAssets:
             self.verify()
             self._verified = True
         with atomic_dir(dest) as tmp:
-            for name in self.index["files"]:
-                if name.startswith(artefact + "/"):
+            for name, record in self.index["files"].items():
+                if not name.startswith(artefact + "/"):
+                    continue
+                if "delta_of" in record:
+                    add_half_delta(self.folder / record["delta_of"], self.folder / name, tmp / WEIGHTS)
+                else:
                     shutil.copyfile(self.folder / name, tmp / name[len(artefact) + 1 :])
+
+
+def _vision_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith("vision_model.")}
+
+
+def write_half_delta(pretrained: Path, tower: Path, out: Path) -> None:
+    """Write ``tower``'s weights minus ``pretrained``'s (both ``model.safetensors``) in float16."""
+    from safetensors.torch import load_file, save_file
+
+    base = _vision_tensors(pretrained)
+    weights = load_file(str(tower))
+    if set(weights) - set(base):
+        raise ValueError(f"{tower} has tensors the pretrained model {pretrained} lacks: {sorted(set(weights) - set(base))[:3]}")
+    save_file({k: (v - base[k]).half() for k, v in weights.items()}, str(out), metadata={"format": "pt"})
+
+
+def add_half_delta(pretrained: Path, delta: Path, out: Path) -> None:
+    """Write the tower ``pretrained`` + ``delta`` (a :func:`write_half_delta` file), in float32."""
+    from safetensors.torch import load_file, save_file
+
+    base = _vision_tensors(pretrained)
+    save_file({k: base[k] + v.float() for k, v in load_file(str(delta)).items()}, str(out), metadata={"format": "pt"})
