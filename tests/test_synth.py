@@ -299,6 +299,28 @@ def test_parallel_towers_are_recorded_as_they_arrive(tmp_path):
     assert len(recorded) == 4 and min(recorded) < written[-1], (recorded, written)
 
 
+def test_towers_use_the_pretrained_model_on_disk_not_one_loaded_before(tmp_path):
+    """A pretrained model rebuilt between two builds in one process is the one fine-tuned from."""
+    from safetensors.torch import load_file
+
+    from fusion_bench_larv.synth import towers
+
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1)
+    tasks = list(suite_tasks(2))[:1]
+    other = build(tasks, cache_dir=tmp_path / "b", recipe=tiny_recipe(layers=2, suite=2, pretrain_steps=3, finetune_steps=1))
+    first = build(tasks, cache_dir=tmp_path / "a", recipe=recipe)  # its model was loaded last
+    weights = "pretrained/model.safetensors"
+    # a new file in its place, as a rebuild's rename leaves it (an in-place overwrite would show
+    # through the loaded model's memory map anyway)
+    shutil.copyfile(other.root / weights, first.root / "new.safetensors")
+    os.replace(first.root / "new.safetensors", first.root / weights)
+    shutil.rmtree(first.finetuned(tasks[0]))
+    towers.finetune_towers(first, recipe, tasks, lambda t: 0, lambda t, s: None)
+    (clip, _), = towers._LOADED.values()
+    key = "vision_model.embeddings.patch_embedding.weight"
+    assert torch.equal(clip.state_dict()[key], load_file(str(other.root / weights))[key])
+
+
 def test_a_failed_parallel_tower_names_its_task_and_keeps_the_others(tmp_path):
     from fusion_bench_larv.synth.towers import finetune_towers
 

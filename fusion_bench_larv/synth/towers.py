@@ -11,7 +11,6 @@ finished ones stay, so the next build resumes.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -20,9 +19,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-log = logging.getLogger(__name__)
-
-#: per process: the pretrained model and processor of the cache folder last used
+#: per process: the pretrained model and processor of the cache folder last used (emptied by
+#: every ``finetune_towers`` call, so a rebuilt pretrained model is never served from memory)
 _LOADED: Dict[str, Tuple[object, object]] = {}
 
 
@@ -105,6 +103,7 @@ def finetune_towers(
     from tqdm.auto import tqdm
 
     jobs = min(check_jobs(jobs), len(tasks))
+    _LOADED.clear()
     if jobs <= 1:
         for task in tqdm(tasks, desc="fine-tune towers"):
             record(task, finetune_tower(assets, recipe, task, seed_of(task)))
