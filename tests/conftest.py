@@ -55,6 +55,13 @@ def tiny_recipe(layers: int = 4, suite: int = 4, **overrides) -> Recipe:
         finetune_steps=8,
         finetune_batch=32,
         finetune_lr=3e-3,
+        # the tests' schedule predates the version-4 defaults: contrastive-heavy pretraining,
+        # OpenAI CLIP's temperature, no task domains, one pretraining thread
+        pretrain_label_weight=1.0,
+        finetune_logit_scale=100.0,
+        task_grating=0.0,
+        task_colour_mix=0.0,
+        pretrain_threads=1,
         model=model,
     )
     kw.update(overrides)

@@ -335,13 +335,13 @@ def test_a_failed_parallel_tower_names_its_task_and_keeps_the_others(tmp_path):
     assert not assets.finetuned(tasks[1]).exists()
 
 
-def test_task_grating_and_colour_mix_change_every_split_and_are_recorded_only_when_set(tmp_path):
+def test_task_grating_and_colour_mix_change_every_split_and_are_recorded(tmp_path):
     """``Recipe.task_grating`` / ``task_colour_mix``: each task's own fixed transform on every
-    image it draws; at their default the recipe records neither (the shipped index still matches)."""
+    image it draws, recorded like every recipe field."""
     from fusion_bench_larv.synth.datasets import load_split
     from fusion_bench_larv.synth.domains import apply_domain
 
-    assert "task_grating" not in Recipe().to_dict() and "task_colour_mix" not in Recipe().to_dict()
+    assert Recipe().to_dict()["task_grating"] == 40.0 and Recipe().to_dict()["task_colour_mix"] == 0.25
     recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1, task_grating=40.0, task_colour_mix=0.25)
     assert recipe.to_dict()["task_grating"] == 40.0 and Recipe(**recipe.to_dict()) == recipe
     for key in ("task_grating", "task_colour_mix"):
@@ -368,6 +368,27 @@ def test_task_grating_and_colour_mix_change_every_split_and_are_recorded_only_wh
     # a folder built with them refuses a build without them, naming the field
     with pytest.raises(ValueError, match="another recipe.*task_grating"):
         build(tasks, cache_dir=tmp_path, recipe=tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1, task_colour_mix=0.25))
+
+
+def test_pretraining_runs_on_the_recipes_threads_whatever_the_builds(tmp_path, monkeypatch):
+    """The pretrained weights depend on the thread count (float reduction order), so the recipe
+    fixes it: a build on one thread pretrains on ``pretrain_threads`` and restores its own."""
+    from fusion_bench_larv.synth import model as M
+
+    seen, pretrain = [], M.pretrain
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return pretrain(*args, **kwargs)
+
+    monkeypatch.setattr(M, "pretrain", spy)
+    previous = torch.get_num_threads()
+    recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1, pretrain_threads=2)
+    assets = build(["shapes"], cache_dir=tmp_path, recipe=recipe, threads=1)
+    assert seen == [2] and torch.get_num_threads() == previous
+    assert assets.read_manifest()["recipe"]["pretrain_threads"] == 2
+    with pytest.raises(ValueError, match="`pretrain_threads` must be >= 1, got 0"):
+        Recipe(pretrain_threads=0)
 
 
 def test_build_cli_refuses_bad_values_before_writing(tmp_path, capsys):

@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from omegaconf import OmegaConf
 
@@ -113,7 +114,9 @@ def _forbidden(*args, **kwargs):
     raise AssertionError("the shipped weights should have been copied, not trained")
 
 
-def test_default_recipe_still_copies_the_shipped_weights_unchanged(tmp_path, monkeypatch):
+def test_default_recipe_copies_the_shipped_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
     source = ShippedAssets.find()
     assert source.matches(build_mod.MANIFEST_VERSION, Recipe().to_dict())  # n_val is not recorded
     assert "n_val" not in Recipe().to_dict()
@@ -125,8 +128,18 @@ def test_default_recipe_still_copies_the_shipped_weights_unchanged(tmp_path, mon
     assert assets.missing(list(SUITES[8])) == []
     assert all(assets.data(t, "val").is_dir() for t in SUITES[8])
     assert assets.read_manifest()["shipped"] == sorted(source.artefacts)
+    pretrained = load_file(str(assets.pretrained / "model.safetensors"))
     for name, record in source.index["files"].items():
-        assert hashlib.sha256((assets.root / name).read_bytes()).hexdigest() == record["sha256"], name
+        if "delta_of" not in record:
+            assert hashlib.sha256((assets.root / name).read_bytes()).hexdigest() == record["sha256"], name
+            continue
+        # a float16 task vector: the installed tower is the pretrained vision tower plus it
+        delta = load_file(str(source.folder / name))
+        tower = load_file(str(assets.root / name.rsplit("/", 1)[0] / "model.safetensors"))
+        assert set(tower) == set(delta), name
+        for key, d in delta.items():
+            assert d.dtype == torch.float16 and tower[key].dtype == torch.float32
+            torch.testing.assert_close(tower[key], pretrained[key] + d.float(), rtol=0, atol=0)
 
 
 # --- tinyclip_synth: a cache from before validation splits --------------------------------------

@@ -18,11 +18,8 @@ them, once per process, and rebuild a damaged artefact with a warning naming the
 pretrained model is trained on captions of *all* ``recipe.suite`` tasks, whatever subset is
 being built, so the 8-task build is a prefix of the 14- and 20-task builds.
 
-Validation splits (``val``, :attr:`Recipe.n_val` images: ``VAL_FRACTION`` of ``n_train``) were
-added after the shipped weights were made. They are not part of the recorded recipe, so the
-recipe, the shipped weights and every other split are unchanged; a cache folder from before them
-gets ``data/<task>/val`` added on its next use, and ``data/handwritten_digits``, whose test split
-gave up half its images to the validation split (``tasks.handwritten_pool``), is redrawn whole.
+Validation splits (``val``, :attr:`Recipe.n_val` images: ``VAL_FRACTION`` of ``n_train``) are
+derived from the recipe, not recorded in it (``handwritten_digits`` splits its UCI test pool).
 
 Cache dir: ``$FUSION_BENCH_LARV_CACHE``, else ``$XDG_CACHE_HOME/fusion_bench_larv``, else
 ``~/.cache/fusion_bench_larv``.
@@ -54,14 +51,9 @@ from .tasks import SUITES, TASK_NAMES, check_text_layout, generate, prompts, sui
 
 log = logging.getLogger(__name__)
 
-# Validation images per training image (FusionBench's val splits are 10 % of train); a module
-# constant, not a Recipe field, so that the recorded recipe, and with it the shipped weights,
-# stay those of the builds made before validation splits existed.
+# Validation images per training image (FusionBench's val splits are 10 % of train).
 VAL_FRACTION = 0.1
 BUILD_COMMAND = "python -m fusion_bench_larv.synth build --tasks {n}"
-# Recipe fields added after the shipped weights were made: left out of the recorded recipe while
-# at their default, so that older manifests and the shipped index still match.
-UNRECORDED_AT_DEFAULT = ("task_grating", "task_colour_mix")
 
 
 @dataclass
@@ -80,15 +72,18 @@ class Recipe:
             with 0 batches are uniform over the suite. ``pretrain_label_weight`` > 0 adds the
             supervised multi-task term of ``model.pretrain`` (per-task linear probes on the
             vision tower, thrown away afterwards) with that weight; 0 is contrastive only.
-        finetune_*: per-task fine-tuning schedule of the vision tower (short and at a low
-            learning rate, like the task-vector papers' fine-tuning of a strong pretrained
-            model, so that task vectors stay small); the loss uses the fixed
-            temperature ``finetune_logit_scale`` (100, OpenAI CLIP's trained value) because
-            the tiny CLIP's own (≈15) makes near-parallel class embeddings untrainable.
+        finetune_*: per-task fine-tuning schedule of the vision tower (short, like the
+            task-vector papers' fine-tuning of a strong pretrained model); the loss uses the
+            fixed temperature ``finetune_logit_scale`` because the tiny CLIP's own (≈15) makes
+            near-parallel class embeddings untrainable.
         task_grating / task_colour_mix: each task's own low-level domain, a faint grating of
-            this amplitude and a colour mixing of this spread (:mod:`.domains`); 0 and 0, the
-            default, is none. Recorded only when set (``to_dict``).
+            this amplitude and a colour mixing of this spread (:mod:`.domains`); 0 and 0 is none.
+        pretrain_threads: torch CPU threads of the pretraining, whatever the build's
+            ``threads``: the float reduction order, hence the pretrained weights, depend on it.
         model: architecture (``ModelSize``).
+
+    The defaults are the recipe of generator version 4 (docs/benchmark.md, "Layer-wise
+    behaviour"): chosen with the bare, zero-shot, individual and layer-wise numbers only.
     """
 
     seed: int = 0
@@ -96,18 +91,19 @@ class Recipe:
     n_train: int = 2000
     n_test: int = 400
     pretrain_per_task: int = 1000
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 3000
     pretrain_batch: int = 128
     pretrain_lr: float = 1e-3
     pretrain_tasks_per_batch: int = 0
-    pretrain_label_weight: float = 1.0
-    finetune_steps: int = 250
+    pretrain_label_weight: float = 3.0
+    finetune_steps: int = 180
     finetune_batch: int = 64
-    finetune_lr: float = 2e-5
-    finetune_logit_scale: float = 100.0
+    finetune_lr: float = 3.5e-4
+    finetune_logit_scale: float = 50.0
     weight_decay: float = 0.1
-    task_grating: float = 0.0
-    task_colour_mix: float = 0.0
+    task_grating: float = 40.0
+    task_colour_mix: float = 0.25
+    pretrain_threads: int = 2
     model: ModelSize = field(default_factory=ModelSize)
 
     def __post_init__(self):
@@ -115,7 +111,7 @@ class Recipe:
             self.model = ModelSize(**self.model)
         if not 1 <= self.suite <= len(TASK_NAMES):
             raise ValueError(f"`suite` must be in 1..{len(TASK_NAMES)}, got {self.suite}")
-        for key in ("n_train", "n_test", "pretrain_per_task", "pretrain_steps", "pretrain_batch", "finetune_steps", "finetune_batch"):
+        for key in ("n_train", "n_test", "pretrain_per_task", "pretrain_steps", "pretrain_batch", "finetune_steps", "finetune_batch", "pretrain_threads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"`{key}` must be >= 1, got {getattr(self, key)}")
         if self.pretrain_label_weight < 0:
@@ -137,13 +133,8 @@ class Recipe:
         return max(1, int(self.n_train * VAL_FRACTION))
 
     def to_dict(self) -> dict:
-        """The recipe as recorded: every field, except those added after the shipped weights
-        were made (``UNRECORDED_AT_DEFAULT``) while they keep their default."""
-        out = dataclasses.asdict(self)
-        for key in UNRECORDED_AT_DEFAULT:
-            if out[key] == Recipe.__dataclass_fields__[key].default:
-                del out[key]
-        return out
+        """The recipe as recorded in a manifest and in the shipped index: every field."""
+        return dataclasses.asdict(self)
 
 
 def _torch_seed(recipe: Recipe, what: str) -> int:
@@ -179,10 +170,9 @@ def build(
         recipe: the recipe; ``None`` uses the one recorded in the manifest, else ``Recipe(seed)``.
             A recipe that differs from the recorded one raises ``ValueError``.
         seed: used only when ``recipe`` is ``None``.
-        threads: torch CPU threads while building (restored afterwards); ``None`` keeps
-            torch's setting. The default 1 is the fastest on a shared small machine (OpenMP
-            threads spin-wait when the cores are busy) and makes the float reduction order,
-            hence the weights, independent of the machine's core count.
+        threads: torch CPU threads while building (restored afterwards; the pretraining takes
+            the recipe's ``pretrain_threads``); ``None`` keeps torch's setting. The default 1
+            gives each tower the recorded float reduction order, hence its recorded weights.
         shipped: copy the weights shipped in the package (``synth.shipped``) instead of
             training them, where their seed, recipe and generator version are this build's
             (and, for a tower, where the cache's pretrained model is the shipped one); ``False``
@@ -303,7 +293,8 @@ def _pretrained(assets: Assets, recipe: Recipe, todo: Sequence[str], source: Opt
         processor = M.build_processor(tmp, recipe.model, corpus=captions + prompt_texts)
         torch.manual_seed(_torch_seed(recipe, "pretrained"))
         clip = M.build_clip(recipe.model, processor.tokenizer)
-        losses = M.pretrain(
+        losses = _pretrain_with_threads(
+            recipe.pretrain_threads,
             clip,
             processor,
             np.concatenate(images),
@@ -327,6 +318,18 @@ def _pretrained(assets: Assets, recipe: Recipe, todo: Sequence[str], source: Opt
     record_artefact(assets, "pretrained", seconds, pretrain_loss=loss)
     log.info("built pretrained in %.1f s", seconds)
     return []
+
+
+def _pretrain_with_threads(threads: int, *args, **kwargs) -> List[float]:
+    """``model.pretrain`` on ``threads`` torch threads (the recipe's), the build's restored after."""
+    from . import model as M
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return M.pretrain(*args, **kwargs)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _finetuned(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo: Sequence[str],

@@ -25,9 +25,11 @@ from .digests import forget_artefact, record_artefact, verify
 log = logging.getLogger("fusion_bench_larv.synth.build")  # one logger for the build's lines
 
 # The generator's version: 2 gave every task its own image domain (tasks.add_frame), 3 captions
-# the concepts of background, parity and orientation rarely (tasks._P_ATTRIBUTE). A folder
-# written by another version holds other images and weights under the same recipe; it is refused.
-MANIFEST_VERSION = 3
+# the concepts of background, parity and orientation rarely (tasks._P_ATTRIBUTE), 4 has the
+# recipe of the layer-wise work as its default and records the pretraining's thread count. A
+# folder written by another version holds other images or weights than its recipe says today,
+# or another default; it is refused.
+MANIFEST_VERSION = 4
 # cache folders said to be used unverified (read-only, without digests), once per process
 _WARNED_UNVERIFIED: set = set()
 #: artefacts that are files (the others are folders named like the artefact)

@@ -52,9 +52,9 @@ class ModelSize:
 
     image_size: int = 32
     patch_size: int = 8
-    vision_hidden: int = 64
+    vision_hidden: int = 96
     vision_layers: int = 12
-    vision_heads: int = 4
+    vision_heads: int = 12
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4

@@ -1,8 +1,8 @@
 """The weights shipped inside the package: seed 0's pretrained tiny CLIP and its 8-task towers.
 
-Pretraining the tiny CLIP takes about 7 minutes on 2 cores and each fine-tuned tower about half
-a minute, so a first ``fusion_bench method=larv_iso_c modelpool=tinyclip_synth8`` would spend
-ten minutes building before it merges anything. The package therefore carries the outputs of
+Pretraining the tiny CLIP takes about 20 minutes on 2 cores and each fine-tuned tower about 40
+seconds, so a first ``fusion_bench method=larv_iso_c modelpool=tinyclip_synth8`` would spend
+half an hour building before it merges anything. The package therefore carries the outputs of
 one build of the default recipe (seed 0): ``pretrained/`` and ``finetuned/<task>/`` of the first
 8 tasks, with an ``index.json`` that records the generator version, the recipe and the SHA-256
 of every file. ``build`` copies them into the cache when its seed, recipe and generator version
@@ -11,20 +11,21 @@ datasets are never shipped, they are generated.
 
 Rebuild them from the seed with (:func:`.ship.ship` writes into this folder of the package)::
 
-    python -m fusion_bench_larv.synth build --tasks 8 --from-scratch --cache-dir <dir>
-    python -m fusion_bench_larv.synth ship --cache-dir <dir>
+    python -m fusion_bench_larv.synth build --tasks 8 --from-scratch --jobs 2 --cache-dir <dir>
+    python -m fusion_bench_larv.synth ship --half-deltas --cache-dir <dir>
 
 A rebuild is bit-exact only on a machine like the one that made them (same CPU kind and
 library versions); elsewhere it gives close but different weights, and ``ship`` reports which
 files changed.
 
-``ship --half-deltas`` stores each tower as its task vector in float16
-(``finetuned/<task>/model.delta-f16.safetensors``: fine-tuned minus pretrained, per tensor),
-about half the bytes of a float32 tower, for towers too wide to fit the package's size budget
-in float32. Installing it adds the delta back to the shipped pretrained weights in float32 and
-writes the tower's ``model.safetensors``; each weight then differs from the built tower by the
-rounding of its task-vector entry to float16 (a relative 2^-11 of the entry, at most), far less
-than a task vector itself. The index records the format per file (``"delta_of"``).
+The towers are shipped as task vectors in float16 (``ship --half-deltas``,
+``finetuned/<task>/model.delta-f16.safetensors``: fine-tuned minus pretrained, per tensor),
+about half the bytes of a float32 tower, which keeps the package under its size budget.
+Installing one adds the delta back to the shipped pretrained weights in float32 and writes the
+tower's ``model.safetensors``; each weight then differs from the built tower by the rounding of
+its task-vector entry to float16 (a relative 2^-11 of the entry, at most), far less than a task
+vector itself. The index records the format per file (``"delta_of"``); ``ship`` without
+``--half-deltas`` stores float32 towers.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped"
 SHIPPED_SEED = 0
 SHIPPED_TASKS = SUITES[8]
 REBUILD_COMMAND = (
-    "python -m fusion_bench_larv.synth build --tasks 8 --from-scratch --cache-dir <dir> && "
-    "python -m fusion_bench_larv.synth ship --cache-dir <dir>"
+    "python -m fusion_bench_larv.synth build --tasks 8 --from-scratch --jobs 2 --cache-dir <dir> && "
+    "python -m fusion_bench_larv.synth ship --half-deltas --cache-dir <dir>"
 )
 INDEX = "index.json"
 WEIGHTS = "model.safetensors"
