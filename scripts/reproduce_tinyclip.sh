@@ -7,7 +7,7 @@
 # Builds the 20-task assets first if they are missing (cache: see docs/benchmark.md). Finished
 # jobs are skipped, so an interrupted run resumes where it stopped. Tables and figures go to
 # OUT/tables (results.csv, summary.csv, depth.csv, larv_blocks.csv, tables.md, tables.tex,
-# fig_*.png/pdf).
+# fig_*.png/pdf, layerwise/).
 set -euo pipefail
 
 OUT="${1:-outputs/larv-tiny}"
@@ -33,3 +33,8 @@ reproduce-larv generalization "${common[@]}"                # 6 of the 8 towers 
 reproduce-larv depth "${common[@]}"
 
 make-larv-tables "${OUT}" --out "${OUT}/tables"
+
+# Issue #23's layer-wise facts of the build itself (in-process, no LARV job): seed 0 at 8/14/20
+for n in 8 14 20; do
+    python -m fusion_bench_larv.synth layerwise --tasks "${n}" --out "${OUT}/tables/layerwise"
+done

@@ -448,7 +448,7 @@ def test_folder_of_another_generator_version_is_refused(tmp_path):
     assets.manifest.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=f"version {build_mod.MANIFEST_VERSION - 1} of the tinyclip_synth generator"):
         ensure(["shapes"], cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="delete that folder or use another --cache-dir"):
+    with pytest.raises(ValueError, match=r"delete that folder or use another cache \(--cache-dir, modelpool.cache_dir"):
         build(["shapes"], cache_dir=tmp_path, recipe=recipe)
 
 

@@ -116,7 +116,8 @@ class Assets:
         if found != MANIFEST_VERSION:
             raise ValueError(
                 f"{self.root} was built by version {found} of the tinyclip_synth generator, this is "
-                f"version {MANIFEST_VERSION} (other images and weights); delete that folder or use another --cache-dir"
+                f"version {MANIFEST_VERSION} (other images, weights or default recipe); delete that folder or "
+                f"use another cache (--cache-dir, modelpool.cache_dir or $FUSION_BENCH_LARV_CACHE)"
             )
 
 
