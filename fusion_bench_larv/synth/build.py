@@ -45,7 +45,7 @@ from .cache import (  # noqa: F401 (Assets, default_cache_dir, describe_artefact
 from .datasets import generate_datasets, write_prompts
 from .digests import record_artefact, verify
 from .domains import apply_domain
-from .model import ModelSize
+from .model import ModelSize, torch_threads
 from .shipped import ShippedAssets
 from .tasks import SUITES, TASK_NAMES, check_text_layout, generate, prompts, suite_tasks
 
@@ -184,13 +184,8 @@ def build(
     from .towers import check_jobs
 
     check_jobs(jobs)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _build(tasks, cache_dir, recipe, seed, shipped, jobs, threads)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _shipped_source(shipped, seed: int, recipe: Recipe) -> Optional[ShippedAssets]:
@@ -293,24 +288,24 @@ def _pretrained(assets: Assets, recipe: Recipe, todo: Sequence[str], source: Opt
         processor = M.build_processor(tmp, recipe.model, corpus=captions + prompt_texts)
         torch.manual_seed(_torch_seed(recipe, "pretrained"))
         clip = M.build_clip(recipe.model, processor.tokenizer)
-        losses = _pretrain_with_threads(
-            recipe.pretrain_threads,
-            clip,
-            processor,
-            np.concatenate(images),
-            captions,
-            steps=recipe.pretrain_steps,
-            batch_size=recipe.pretrain_batch,
-            lr=recipe.pretrain_lr,
-            weight_decay=recipe.weight_decay,
-            seed=_torch_seed(recipe, "pretrain-batches"),
-            groups=np.asarray(groups) if recipe.pretrain_tasks_per_batch > 0 else None,
-            groups_per_batch=recipe.pretrain_tasks_per_batch,
-            task_ids=np.asarray(groups),
-            labels=np.concatenate(labels),
-            num_classes=[len(prompts(task)[0]) for task in suite],
-            label_weight=recipe.pretrain_label_weight,
-        )
+        with torch_threads(recipe.pretrain_threads):  # the recipe's, whatever the build's
+            losses = M.pretrain(
+                clip,
+                processor,
+                np.concatenate(images),
+                captions,
+                steps=recipe.pretrain_steps,
+                batch_size=recipe.pretrain_batch,
+                lr=recipe.pretrain_lr,
+                weight_decay=recipe.weight_decay,
+                seed=_torch_seed(recipe, "pretrain-batches"),
+                groups=np.asarray(groups) if recipe.pretrain_tasks_per_batch > 0 else None,
+                groups_per_batch=recipe.pretrain_tasks_per_batch,
+                task_ids=np.asarray(groups),
+                labels=np.concatenate(labels),
+                num_classes=[len(prompts(task)[0]) for task in suite],
+                label_weight=recipe.pretrain_label_weight,
+            )
         clip.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     loss = {"first": losses[0], "last10_mean": float(np.mean(losses[-10:]))}
@@ -318,18 +313,6 @@ def _pretrained(assets: Assets, recipe: Recipe, todo: Sequence[str], source: Opt
     record_artefact(assets, "pretrained", seconds, pretrain_loss=loss)
     log.info("built pretrained in %.1f s", seconds)
     return []
-
-
-def _pretrain_with_threads(threads: int, *args, **kwargs) -> List[float]:
-    """``model.pretrain`` on ``threads`` torch threads (the recipe's), the build's restored after."""
-    from . import model as M
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return M.pretrain(*args, **kwargs)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _finetuned(assets: Assets, recipe: Recipe, tasks: Sequence[str], todo: Sequence[str],

@@ -64,6 +64,7 @@ from .datasets import load_split
 from .layerwise_facts import (CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, _mean, _pick,
                               judge, paired_margin_se)
 from .layerwise_ranks import rank_profile
+from .model import torch_threads
 from .tasks import SUITE_ORDER, SUITES
 
 PATCH_EMBEDDING = "embeddings.patch_embedding.weight"  # the one patch-embedding key of a CLIP vision tower
@@ -356,11 +357,8 @@ def measure(
     seed = check_seed(seed)
     threads = check_threads(threads)
     assets = ensure(tasks, cache_dir=cache_dir, seed=seed, build_if_missing=False)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     start = time.perf_counter()
-    try:
+    with torch_threads(threads):
         suite = _load(assets, tasks)
         n = len(tasks)
         total = n + 2 * n * n + len(CONTROL_LABELS) * n + 2 * (len(GRID) * n + n) + len(MERGERS) * n
@@ -372,8 +370,6 @@ def measure(
         finally:
             evaluate.bar.close()
         ranks = rank_profile(suite.theta0, suite.finetuned, suite.layout)  # no evaluation: after the bar
-    finally:
-        torch.set_num_threads(previous)
     manifest = assets.read_manifest()
     facts = judge(len(tasks), single, merge, trends)
     return {
