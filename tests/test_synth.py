@@ -299,10 +299,11 @@ def test_parallel_towers_are_recorded_as_they_arrive(tmp_path):
     assert len(recorded) == 4 and min(recorded) < written[-1], (recorded, written)
 
 
-def test_towers_use_the_pretrained_model_on_disk_not_one_loaded_before(tmp_path):
+def test_towers_use_the_pretrained_model_on_disk_not_one_loaded_before(tmp_path, monkeypatch):
     """A pretrained model rebuilt between two builds in one process is the one fine-tuned from."""
     from safetensors.torch import load_file
 
+    from fusion_bench_larv.synth import model as M
     from fusion_bench_larv.synth import towers
 
     recipe = tiny_recipe(layers=2, suite=2, pretrain_steps=2, finetune_steps=1)
@@ -310,15 +311,23 @@ def test_towers_use_the_pretrained_model_on_disk_not_one_loaded_before(tmp_path)
     other = build(tasks, cache_dir=tmp_path / "b", recipe=tiny_recipe(layers=2, suite=2, pretrain_steps=3, finetune_steps=1))
     first = build(tasks, cache_dir=tmp_path / "a", recipe=recipe)  # its model was loaded last
     weights = "pretrained/model.safetensors"
+    key = "vision_model.embeddings.patch_embedding.weight"
+    assert not torch.equal(load_file(str(first.root / weights))[key], load_file(str(other.root / weights))[key])
     # a new file in its place, as a rebuild's rename leaves it (an in-place overwrite would show
     # through the loaded model's memory map anyway)
     shutil.copyfile(other.root / weights, first.root / "new.safetensors")
     os.replace(first.root / "new.safetensors", first.root / weights)
     shutil.rmtree(first.finetuned(tasks[0]))
+    seen = []
+    finetune = M.finetune
+
+    def spy(clip, *args, **kwargs):
+        seen.append(clip.state_dict()[key].clone())
+        return finetune(clip, *args, **kwargs)
+
+    monkeypatch.setattr(M, "finetune", spy)
     towers.finetune_towers(first, recipe, tasks, lambda t: 0, lambda t, s: None)
-    (clip, _), = towers._LOADED.values()
-    key = "vision_model.embeddings.patch_embedding.weight"
-    assert torch.equal(clip.state_dict()[key], load_file(str(other.root / weights))[key])
+    assert len(seen) == 1 and torch.equal(seen[0], load_file(str(other.root / weights))[key])
 
 
 def test_a_failed_parallel_tower_names_its_task_and_keeps_the_others(tmp_path):

@@ -19,9 +19,9 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-#: per process: the pretrained model and processor of the cache folder last used (emptied by
-#: every ``finetune_towers`` call, so a rebuilt pretrained model is never served from memory)
-_LOADED: Dict[str, Tuple[object, object]] = {}
+#: in a worker process only: the pretrained model and processor, loaded by its first tower (a
+#: worker lives for one ``finetune_towers`` call, so a rebuilt model is never served from memory)
+_IN_WORKER: Dict[str, Tuple[object, object]] = {}
 
 
 def check_jobs(jobs) -> int:
@@ -31,28 +31,22 @@ def check_jobs(jobs) -> int:
     return jobs
 
 
-def _load_pretrained(path: Path):
+def _load_pretrained(path: Path) -> Tuple[object, object]:
     from transformers import CLIPModel, CLIPProcessor
 
-    key = str(path)
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = (
-            CLIPModel.from_pretrained(key).eval(),
-            CLIPProcessor.from_pretrained(key, use_fast=False),
-        )
-    return _LOADED[key]
+    return CLIPModel.from_pretrained(str(path)).eval(), CLIPProcessor.from_pretrained(str(path), use_fast=False)
 
 
-def finetune_tower(assets, recipe, task: str, seed: int, quiet: bool = False) -> float:
-    """Fine-tune ``task``'s tower of ``assets`` with ``recipe`` and write it; return the seconds."""
+def finetune_tower(assets, recipe, task: str, seed: int, pretrained, quiet: bool = False) -> float:
+    """Fine-tune ``task``'s tower of ``assets`` from ``pretrained`` (model, processor) with
+    ``recipe`` and write it; return the seconds."""
     from . import model as M
     from .datasets import load_split
     from ..atomic import atomic_dir
     from .tasks import prompts
 
     start = time.perf_counter()
-    clip, processor = _load_pretrained(assets.pretrained)
+    clip, processor = pretrained
     images, labels = load_split(assets, task, "train")
     head = M.zeroshot_head(clip, processor, *prompts(task))
     tower = M.finetune(
@@ -82,7 +76,10 @@ def _work(cache_dir: str, cache_seed: int, recipe_dict: dict, task: str, seed: i
     from .build import Recipe
     from .cache import Assets
 
-    return finetune_tower(Assets(cache_dir, cache_seed), Recipe(**recipe_dict), task, seed, quiet=True)
+    assets = Assets(cache_dir, cache_seed)
+    if not _IN_WORKER:
+        _IN_WORKER["pretrained"] = _load_pretrained(assets.pretrained)
+    return finetune_tower(assets, Recipe(**recipe_dict), task, seed, _IN_WORKER["pretrained"], quiet=True)
 
 
 def finetune_towers(
@@ -103,10 +100,10 @@ def finetune_towers(
     from tqdm.auto import tqdm
 
     jobs = min(check_jobs(jobs), len(tasks))
-    _LOADED.clear()
     if jobs <= 1:
+        pretrained = _load_pretrained(assets.pretrained)  # the one on disk now, once for all towers
         for task in tqdm(tasks, desc="fine-tune towers"):
-            record(task, finetune_tower(assets, recipe, task, seed_of(task)))
+            record(task, finetune_tower(assets, recipe, task, seed_of(task), pretrained))
         return
     per_worker = max(1, (torch.get_num_threads() if threads is None else threads) // jobs)
     bar = tqdm(total=len(tasks), desc=f"fine-tune towers ({jobs} processes)")
