@@ -10,7 +10,7 @@ One task (``handwritten_digits``) is real data: scikit-learn's bundled 8×8 hand
 (UCI), upscaled.
 
 Objects of the identity tasks are large and roughly centred on a plain background, and glyphs
-use two fonts (except in ``fonts``): a 12-block ViT of width 64 trained for minutes learns these,
+use two fonts (except in ``fonts``): a 12-block ViT of width 64 or 96 trained for minutes learns these,
 not small rotated glyphs on textured backgrounds (docs/benchmark.md, "Tried and dropped").
 
 Scenes also carry every attribute as text, which :func:`caption` turns into a CLIP-style
