@@ -43,6 +43,19 @@ def blas_threads(limit: Optional[int]) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """Run the block on ``threads`` torch CPU threads (``None``: unchanged) and restore the
+    caller's count afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _eigvalsh_torch_one_thread(grams: Tensor) -> Tensor:
     torch.set_num_threads(1)  # per OS thread: the caller's setting is unchanged
     return torch.linalg.eigvalsh(grams)
@@ -115,12 +128,8 @@ class Linalg:
         if not (self._numpy and (device is None or torch.device(device).type == "cpu")):
             yield
             return
-        torch.set_num_threads(1)
-        try:
-            with blas_threads(workers):
-                yield
-        finally:
-            torch.set_num_threads(workers)
+        with torch_threads(1), blas_threads(workers):
+            yield
 
 
 _BACKENDS: Dict[str, Linalg] = {name: Linalg(name) for name in CPU_LINALG}

@@ -39,13 +39,14 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir, atomic_write_json
+from ..linalg import torch_threads
 from .cache import (  # noqa: F401 (Assets, default_cache_dir, describe_artefacts: imported from here too)
     MANIFEST_VERSION, Assets, default_cache_dir, describe_artefacts, record_if_writable, repair, writable_lock,
 )
 from .datasets import generate_datasets, write_prompts
 from .digests import record_artefact, verify
 from .domains import apply_domain
-from .model import ModelSize, torch_threads
+from .model import ModelSize
 from .shipped import ShippedAssets
 from .tasks import SUITES, TASK_NAMES, check_text_layout, generate, prompts, suite_tasks
 

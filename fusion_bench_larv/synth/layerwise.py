@@ -58,13 +58,13 @@ import torch
 
 from ..blocks import BlockLayout, find_blocks, scale_map
 from ..gates import depth_rank_correlation, linear_depth_scales, lines_alpha
+from ..linalg import torch_threads
 from ..state_dicts import float_state_dict, rescale_update_, snapshot, task_sum_l1
 from .build import ensure
 from .datasets import load_split
 from .layerwise_facts import (CONTROL_LABELS, GRID, MERGERS, SINGLE_ALPHA, SINGLE_BETA, THRESHOLDS, _mean, _pick,
                               judge, paired_margin_se)
 from .layerwise_ranks import rank_profile
-from .model import torch_threads
 from .tasks import SUITE_ORDER, SUITES
 
 PATCH_EMBEDDING = "embeddings.patch_embedding.weight"  # the one patch-embedding key of a CLIP vision tower

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -61,19 +60,6 @@ class ModelSize:
     text_heads: int = 4
     projection_dim: int = 64
     max_text_len: int = 64
-
-
-@contextlib.contextmanager
-def torch_threads(threads: Optional[int]):
-    """Run the block on ``threads`` torch CPU threads (``None``: keep the current setting) and
-    restore the caller's count afterwards."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train_merges(word_counts: Dict[str, int]) -> List[Tuple[str, str]]:
